@@ -1,0 +1,66 @@
+/*
+ * proto_merkle — RFC 9162 (Certificate Transparency v2) Merkle tree hashing.
+ *
+ * Owns: leaf and node hashing with the RFC's domain separation (0x00 / 0x01
+ * prefixes), the Merkle Tree Hash over n leaves, inclusion proofs and their
+ * verification, and a streaming accumulator that keeps O(log n) subtree roots so
+ * an audit log of millions of records is hashed without holding it in memory.
+ * Used by the audit log (checkpoint roots) and by the wire protocol (one signed
+ * root per batch of Refresh messages, one inclusion path per member).
+ * Never: allocate, keep state between calls outside the caller's accumulator, or
+ * accept a leaf index outside the tree. Depends only on OpenSSL.
+ */
+#ifndef PROTO_MERKLE_H
+#define PROTO_MERKLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "psc_rc.h"
+
+#define PROTO_MERKLE_HASH_LEN 32
+/* A tree of at most 2^64 leaves has inclusion paths of at most 64 hashes. */
+#define PROTO_MERKLE_MAX_PATH 64
+
+/* leaf hash = SHA-256(0x00 || data); node hash = SHA-256(0x01 || left || right) */
+void proto_merkle_leaf(const uint8_t *data, size_t len, uint8_t out[32]);
+void proto_merkle_node(const uint8_t left[32], const uint8_t right[32], uint8_t out[32]);
+
+/* MTH over n leaf hashes (RFC 9162 §2.1.1); n == 0 -> SHA-256 of the empty string.
+ * PSC_E_INVALID_ARG if leaves is NULL while n > 0 or out is NULL. */
+psc_rc proto_merkle_root(const uint8_t (*leaves)[32], size_t n, uint8_t out[32]) PSC_WUR;
+
+/*
+ * Inclusion proof for leaf `index` in a tree of n leaves (RFC 9162 §2.1.3.1),
+ * written bottom-up (path[0] is the sibling nearest the leaf). Costs O(n) hashes.
+ * PSC_E_INVALID_ARG if index >= n; PSC_E_TOO_LARGE if max_path is too small
+ * (PROTO_MERKLE_MAX_PATH always suffices).
+ */
+psc_rc proto_merkle_path(const uint8_t (*leaves)[32], size_t n, size_t index,
+			 uint8_t (*path)[32], size_t max_path, size_t *path_len) PSC_WUR;
+
+/* Verifies an inclusion proof per RFC 9162 §2.1.3.2; PSC_OK or PSC_E_BAD_SIGNATURE
+ * (also for index >= n and for paths of the wrong length). */
+psc_rc proto_merkle_verify_path(const uint8_t leaf[32], size_t index, size_t n,
+				const uint8_t (*path)[32], size_t path_len,
+				const uint8_t root[32]) PSC_WUR;
+
+/*
+ * Streaming builder: the compact range of a tree (one perfect-subtree root per set
+ * bit of the leaf count). A plain value type: copy it to snapshot a tree, no
+ * new/free needed. Fields are private to proto_merkle.c.
+ */
+typedef struct proto_merkle_acc {
+	uint64_t n;                                  /* leaves added so far */
+	unsigned top;                                /* subtree roots held */
+	uint8_t stack[PROTO_MERKLE_MAX_PATH][32];    /* largest (leftmost) first */
+} proto_merkle_acc;
+
+void proto_merkle_acc_init(proto_merkle_acc *acc);
+/* PSC_E_TOO_LARGE once 2^64 - 1 leaves are held (never in practice). */
+psc_rc proto_merkle_acc_add(proto_merkle_acc *acc, const uint8_t leaf[32]) PSC_WUR;
+/* Root of the leaves added so far (MTH); the accumulator is unchanged. */
+void proto_merkle_acc_root(const proto_merkle_acc *acc, uint8_t out[32]);
+uint64_t proto_merkle_acc_size(const proto_merkle_acc *acc);
+
+#endif
