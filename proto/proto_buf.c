@@ -136,10 +136,15 @@ void proto_rd_sub_done(proto_rd *r, const proto_rd *sub)
 	r->err_off = (r->off - sub->len) + sub->err_off;
 }
 
-psc_rc proto_rd_finish(proto_rd *r, const char *what)
+void proto_rd_expect_end(proto_rd *r, const char *what)
 {
 	if (!r->err && r->off != r->len)
 		proto_rd_fail(r, PSC_E_TRAILING, what);
+}
+
+psc_rc proto_rd_finish(proto_rd *r, const char *what)
+{
+	proto_rd_expect_end(r, what);
 	return r->err;
 }
 

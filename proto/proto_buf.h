@@ -53,6 +53,9 @@ const uint8_t *proto_rd_vec(proto_rd *r, unsigned prefix, size_t min, size_t max
 void proto_rd_subvec(proto_rd *r, proto_rd *sub, unsigned prefix, size_t min, size_t max,
 		     const char *field);
 void proto_rd_sub_done(proto_rd *r, const proto_rd *sub);
+/* Marks PSC_E_TRAILING if bytes remain (for sub-readers whose error is folded
+ * into the parent with proto_rd_sub_done). */
+void proto_rd_expect_end(proto_rd *r, const char *what);
 /* Fails with PSC_E_TRAILING if bytes remain; returns the sticky error. */
 psc_rc proto_rd_finish(proto_rd *r, const char *what) PSC_WUR;
 
