@@ -6,6 +6,7 @@
 #include <openssl/sha.h>
 
 #include "proto_buf.h"
+#include "proto_merkle.h"
 
 static psc_rc rd_error(proto_rd *r, psc_err *err, const char *what)
 {
@@ -301,58 +302,214 @@ static psc_rc sign_input(EVP_PKEY *key, uint32_t overlay, uint64_t txid, const u
 	return rc;
 }
 
+/* Offsets of the signed parts inside a message being built. */
+struct signed_parts {
+	size_t contents, contents_end, identity, identity_end;
+};
+
+static psc_rc wr_error(proto_wr *w, psc_err *err)
+{
+	psc_rc rc = psc_err_set(err, w->err, "build: field '%s': %s",
+				w->err_field ? w->err_field : "?", psc_strerror(w->err));
+	proto_wr_free(w);
+	return rc;
+}
+
+/* Writes everything up to (not including) signature_value. */
+static psc_rc begin_message(proto_wr *w, const proto_envelope *env, const uint8_t *body,
+			    size_t body_len, const proto_signer *signer, uint8_t sig_alg,
+			    struct signed_parts *sp, psc_err *err)
+{
+	proto_wr_init(w, PROTO_MAX_MESSAGE);
+	sp->contents = write_header_and_contents(w, env, body, body_len);
+	sp->contents_end = w->len;
+	write_certs(w, signer);
+	proto_wr_u8(w, PROTO_HASH_SHA256);
+	proto_wr_u8(w, sig_alg);
+	sp->identity = w->len;
+	write_identity(w, signer);
+	sp->identity_end = w->len;
+	return w->err ? wr_error(w, err) : PSC_OK;
+}
+
+static psc_rc finish_message(proto_wr *w, const uint8_t *sig, size_t sig_len, uint8_t **out,
+			     size_t *out_len, psc_err *err)
+{
+	proto_wr_vec(w, 2, 1, PROTO_MAX_SIGNATURE, sig, sig_len, "signature_value");
+	proto_wr_put_u32_at(w, 16, (uint32_t)w->len); /* ForwardingHeader.length */
+	if (w->err)
+		return wr_error(w, err);
+	return proto_wr_take(w, out, out_len);
+}
+
+static psc_rc check_signer(const proto_signer *signer, psc_err *err)
+{
+	if (!signer || !signer->key || !signer->cert_der)
+		return psc_err_set(err, PSC_E_INVALID_ARG, "build: missing key or certificate");
+	if (key_sig_alg(signer->key) < 0)
+		return psc_err_set(err, PSC_E_UNSUPPORTED_ALG,
+				   "signing key type %s is not supported (use EC P-256 or RSA)",
+				   EVP_PKEY_get0_type_name(signer->key));
+	if ((size_t)EVP_PKEY_get_size(signer->key) > PROTO_MAX_SIGNATURE / 2)
+		return psc_err_set(err, PSC_E_UNSUPPORTED_ALG, "signing key too large");
+	return PSC_OK;
+}
+
 psc_rc proto_message_build(const proto_envelope *env, const uint8_t *body, size_t body_len,
 			   const proto_signer *signer, uint8_t **out, size_t *out_len,
 			   psc_err *err)
 {
 	*out = NULL;
 	*out_len = 0;
-	if (!env || !signer || !signer->key || !signer->cert_der || (!body && body_len))
-		return psc_err_set(err, PSC_E_INVALID_ARG, "build: missing envelope, key or "
-				   "certificate");
-	int alg = key_sig_alg(signer->key);
-	if (alg < 0)
-		return psc_err_set(err, PSC_E_UNSUPPORTED_ALG,
-				   "signing key type %s is not supported (use EC P-256 or RSA)",
-				   EVP_PKEY_get0_type_name(signer->key));
-	proto_wr w;
-	proto_wr_init(&w, PROTO_MAX_MESSAGE);
-	size_t contents = write_header_and_contents(&w, env, body, body_len);
-	size_t contents_end = w.len;
-	write_certs(&w, signer);
-	proto_wr_u8(&w, PROTO_HASH_SHA256);
-	proto_wr_u8(&w, (uint8_t)alg);
-	size_t id_start = w.len;
-	write_identity(&w, signer);
-	size_t id_end = w.len;
-	if (w.err) {
-		psc_rc rc = psc_err_set(err, w.err, "build: field '%s': %s",
-					w.err_field ? w.err_field : "?", psc_strerror(w.err));
-		proto_wr_free(&w);
+	if (!env || (!body && body_len))
+		return psc_err_set(err, PSC_E_INVALID_ARG, "build: missing envelope or body");
+	psc_rc rc = check_signer(signer, err);
+	if (rc != PSC_OK)
 		return rc;
-	}
+	proto_wr w;
+	struct signed_parts sp;
+	rc = begin_message(&w, env, body, body_len, signer, (uint8_t)key_sig_alg(signer->key),
+			   &sp, err);
+	if (rc != PSC_OK)
+		return rc;
 	uint8_t sig[PROTO_MAX_SIGNATURE];
-	size_t sig_len = (size_t)EVP_PKEY_get_size(signer->key);
-	if (sig_len == 0 || sig_len > sizeof(sig)) {
-		proto_wr_free(&w);
-		return psc_err_set(err, PSC_E_UNSUPPORTED_ALG, "signing key too large");
-	}
-	psc_rc rc = sign_input(signer->key, env->overlay, env->transaction_id, w.buf + contents,
-			       contents_end - contents, w.buf + id_start, id_end - id_start, sig,
-			       &sig_len);
+	size_t sig_len = sizeof(sig);
+	rc = sign_input(signer->key, env->overlay, env->transaction_id, w.buf + sp.contents,
+			sp.contents_end - sp.contents, w.buf + sp.identity,
+			sp.identity_end - sp.identity, sig, &sig_len);
 	if (rc != PSC_OK) {
 		proto_wr_free(&w);
 		return psc_err_set(err, rc, "signing the message failed (key unusable?)");
 	}
-	proto_wr_vec(&w, 2, 1, PROTO_MAX_SIGNATURE, sig, sig_len, "signature_value");
-	proto_wr_put_u32_at(&w, 16, (uint32_t)w.len); /* ForwardingHeader.length */
-	if (w.err) {
-		rc = psc_err_set(err, w.err, "build: field '%s': %s",
-				 w.err_field ? w.err_field : "?", psc_strerror(w.err));
-		proto_wr_free(&w);
+	return finish_message(&w, sig, sig_len, out, out_len, err);
+}
+
+/* Leaf hash of one message: SHA-256(0x00 || signature input), streamed. */
+static psc_rc batch_leaf(uint32_t overlay, uint64_t txid, const uint8_t *contents,
+			 size_t contents_len, const uint8_t *identity, size_t identity_len,
+			 uint8_t out[PSC_HASH_LEN])
+{
+	uint8_t pre[13] = {0x00};
+	for (int i = 0; i < 4; i++)
+		pre[1 + i] = (uint8_t)(overlay >> (24 - 8 * i));
+	for (int i = 0; i < 8; i++)
+		pre[5 + i] = (uint8_t)(txid >> (56 - 8 * i));
+	unsigned int n = 0;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+		 EVP_DigestUpdate(ctx, pre, sizeof(pre)) == 1 &&
+		 EVP_DigestUpdate(ctx, contents, contents_len) == 1 &&
+		 EVP_DigestUpdate(ctx, identity, identity_len) == 1 &&
+		 EVP_DigestFinal_ex(ctx, out, &n) == 1;
+	EVP_MD_CTX_free(ctx);
+	return ok ? PSC_OK : PSC_E_CRYPTO;
+}
+
+/* The bytes the batch signer signs: label || uint32 tree_size || root. */
+static void batch_signed_bytes(uint32_t n, const uint8_t root[PSC_HASH_LEN],
+			       uint8_t out[sizeof(PROTO_BATCH_LABEL) - 1 + 4 + PSC_HASH_LEN])
+{
+	const size_t l = sizeof(PROTO_BATCH_LABEL) - 1;
+	memcpy(out, PROTO_BATCH_LABEL, l);
+	for (int i = 0; i < 4; i++)
+		out[l + (size_t)i] = (uint8_t)(n >> (24 - 8 * i));
+	memcpy(out + l + 4, root, PSC_HASH_LEN);
+}
+
+psc_rc proto_message_build_batch(const proto_envelope *envs, const uint8_t *const *bodies,
+				 const size_t *body_lens, size_t n, const proto_signer *signer,
+				 uint8_t **outs, size_t *out_lens, psc_err *err)
+{
+	if (!envs || !bodies || !body_lens || !outs || !out_lens || n == 0 ||
+	    n > PROTO_MAX_BATCH)
+		return psc_err_set(err, PSC_E_INVALID_ARG, "batch of %zu messages (1..%u)", n,
+				   PROTO_MAX_BATCH);
+	psc_rc rc = check_signer(signer, err);
+	if (rc != PSC_OK)
 		return rc;
+	for (size_t i = 0; i < n; i++) {
+		outs[i] = NULL;
+		out_lens[i] = 0;
 	}
-	return proto_wr_take(&w, out, out_len);
+	uint8_t alg = key_sig_alg(signer->key) == PROTO_SIG_ECDSA ? PROTO_SIG_BATCH_ECDSA
+								  : PROTO_SIG_BATCH_RSA;
+	proto_wr *w = calloc(n, sizeof(*w));
+	uint8_t(*leaves)[PSC_HASH_LEN] = calloc(n, sizeof(*leaves));
+	size_t built = 0;
+	if (!w || !leaves) {
+		rc = psc_err_set(err, PSC_E_NOMEM, "batch of %zu messages: out of memory", n);
+		goto out;
+	}
+	for (; built < n; built++) {
+		struct signed_parts sp;
+		rc = begin_message(&w[built], &envs[built], bodies[built], body_lens[built],
+				   signer, alg, &sp, err);
+		if (rc != PSC_OK)
+			goto out;
+		rc = batch_leaf(envs[built].overlay, envs[built].transaction_id,
+				w[built].buf + sp.contents, sp.contents_end - sp.contents,
+				w[built].buf + sp.identity, sp.identity_end - sp.identity,
+				leaves[built]);
+		if (rc != PSC_OK) {
+			proto_wr_free(&w[built]);
+			goto out;
+		}
+	}
+	uint8_t root[PSC_HASH_LEN];
+	rc = proto_merkle_root((const uint8_t(*)[PSC_HASH_LEN])leaves, n, root);
+	if (rc != PSC_OK)
+		goto out;
+	uint8_t tbs[sizeof(PROTO_BATCH_LABEL) - 1 + 4 + PSC_HASH_LEN];
+	batch_signed_bytes((uint32_t)n, root, tbs);
+	uint8_t root_sig[PROTO_MAX_SIGNATURE / 2];
+	size_t root_sig_len = sizeof(root_sig);
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	int ok = ctx && EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, signer->key) == 1 &&
+		 EVP_DigestSign(ctx, root_sig, &root_sig_len, tbs, sizeof(tbs)) == 1;
+	EVP_MD_CTX_free(ctx);
+	if (!ok) {
+		rc = psc_err_set(err, PSC_E_CRYPTO, "signing the batch root failed (key unusable?)");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		uint8_t path[PROTO_MAX_BATCH_PATH][PSC_HASH_LEN];
+		size_t path_len = 0;
+		rc = proto_merkle_path((const uint8_t(*)[PSC_HASH_LEN])leaves, n, i, path,
+				       PROTO_MAX_BATCH_PATH, &path_len);
+		if (rc != PSC_OK)
+			goto out;
+		proto_wr sv;
+		proto_wr_init(&sv, PROTO_MAX_SIGNATURE);
+		proto_wr_u32(&sv, (uint32_t)n);
+		proto_wr_u32(&sv, (uint32_t)i);
+		proto_wr_bytes(&sv, root, PSC_HASH_LEN);
+		proto_wr_vec(&sv, 2, 0, PROTO_MAX_BATCH_PATH * PSC_HASH_LEN, path,
+			     path_len * PSC_HASH_LEN, "batch.path");
+		proto_wr_vec(&sv, 2, 1, PROTO_MAX_SIGNATURE / 2, root_sig, root_sig_len,
+			     "batch.root_signature");
+		if (sv.err) {
+			rc = wr_error(&sv, err);
+			goto out;
+		}
+		rc = finish_message(&w[i], sv.buf, sv.len, &outs[i], &out_lens[i], err);
+		proto_wr_free(&sv);
+		if (rc != PSC_OK)
+			goto out;
+	}
+	rc = PSC_OK;
+out:
+	if (rc != PSC_OK) {
+		for (size_t i = 0; i < n; i++) {
+			free(outs[i]);
+			outs[i] = NULL;
+			out_lens[i] = 0;
+		}
+	}
+	for (size_t i = 0; w && i < built; i++)
+		proto_wr_free(&w[i]);
+	free(w);
+	free(leaves);
+	return rc;
 }
 
 /* ---- verifying --------------------------------------------------------- */
@@ -431,7 +588,41 @@ psc_rc proto_message_verify(const proto_message *m, EVP_PKEY *pub, psc_err *err)
 					   (unsigned long long)m->transaction_id);
 		return PSC_OK;
 	}
-	return psc_err_set(err, PSC_E_UNSUPPORTED_ALG, "batch signatures are not enabled");
+	/* Batch: BatchSignature { tree_size, leaf_index, root, path, root_signature }. */
+	proto_rd r;
+	proto_rd_init(&r, m->sig_value, m->sig_len);
+	uint32_t n = proto_rd_u32(&r, "batch.tree_size");
+	uint32_t index = proto_rd_u32(&r, "batch.leaf_index");
+	const uint8_t *root = proto_rd_borrow(&r, PSC_HASH_LEN, "batch.root");
+	size_t path_bytes = 0, root_sig_len = 0;
+	const uint8_t *path = proto_rd_vec(&r, 2, 0, PROTO_MAX_BATCH_PATH * PSC_HASH_LEN,
+					   &path_bytes, "batch.path");
+	const uint8_t *root_sig = proto_rd_vec(&r, 2, 1, PROTO_MAX_SIGNATURE / 2,
+					       &root_sig_len, "batch.root_signature");
+	if (proto_rd_finish(&r, "batch signature") != PSC_OK)
+		return rd_error(&r, err, "batch signature");
+	if (n == 0 || n > PROTO_MAX_BATCH || index >= n || path_bytes % PSC_HASH_LEN)
+		return psc_err_set(err, PSC_E_BAD_SIGNATURE,
+				   "batch signature: leaf %u of %u with a %zu-byte path is not "
+				   "a valid position", index, n, path_bytes);
+	uint8_t leaf[PSC_HASH_LEN];
+	if (batch_leaf(m->overlay, m->transaction_id, m->contents, m->contents_len, m->identity,
+		       m->identity_len, leaf) != PSC_OK)
+		return psc_err_set(err, PSC_E_CRYPTO, "hashing the message failed");
+	if (proto_merkle_verify_path(leaf, index, n, (const uint8_t(*)[PSC_HASH_LEN])path,
+				     path_bytes / PSC_HASH_LEN, root) != PSC_OK)
+		return psc_err_set(err, PSC_E_BAD_SIGNATURE,
+				   "message code 0x%04x (transaction %016llx) is not in the "
+				   "signed batch (inclusion path does not lead to the root)",
+				   m->code, (unsigned long long)m->transaction_id);
+	uint8_t tbs[sizeof(PROTO_BATCH_LABEL) - 1 + 4 + PSC_HASH_LEN];
+	batch_signed_bytes(n, root, tbs);
+	const uint8_t *parts[] = {tbs};
+	const size_t lens[] = {sizeof(tbs)};
+	if (verify_raw(pub, parts, lens, 1, root_sig, root_sig_len) != PSC_OK)
+		return psc_err_set(err, PSC_E_BAD_SIGNATURE,
+				   "batch root signature over %u messages does not verify", n);
+	return PSC_OK;
 }
 
 /* ---- errors ------------------------------------------------------------ */

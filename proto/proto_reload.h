@@ -29,7 +29,7 @@
 #define PROTO_MAX_EXTENSION 4096       /* one extension's contents */
 #define PROTO_MAX_CERTS 4              /* certificates in a SecurityBlock */
 #define PROTO_MAX_CERT 4096            /* one DER certificate */
-#define PROTO_MAX_SIGNATURE 1024       /* signature_value */
+#define PROTO_MAX_SIGNATURE 2048       /* signature_value (a batch one carries a path) */
 #define PROTO_MAX_ERROR_INFO 1024      /* ErrorResponse.error_info */
 
 /* TLS 1.2 SignatureAndHashAlgorithm values used by PSC. */
@@ -139,6 +139,19 @@ typedef struct proto_signer {
 psc_rc proto_message_build(const proto_envelope *env, const uint8_t *body, size_t body_len,
 			   const proto_signer *signer, uint8_t **out, size_t *out_len,
 			   psc_err *err) PSC_WUR;
+
+/*
+ * Builds n messages (e.g. every Refresh of one rekey) under ONE signature: the
+ * signer signs the Merkle root (RFC 9162) over the messages' signature inputs,
+ * and each message carries the root, its inclusion path and that signature
+ * (PROTO_SIG_BATCH_*; docs/protocol.md "Batch signatures"). outs[i] are
+ * malloc'd; on failure none are returned. n must be at least 1.
+ */
+psc_rc proto_message_build_batch(const proto_envelope *envs, const uint8_t *const *bodies,
+				 const size_t *body_lens, size_t n, const proto_signer *signer,
+				 uint8_t **outs, size_t *out_lens, psc_err *err) PSC_WUR;
+#define PROTO_BATCH_LABEL "PSC batch v1"
+#define PROTO_MAX_BATCH 65536 /* messages under one batch signature */
 
 /*
  * The signer's certificate as carried in the message: the certificate whose

@@ -498,6 +498,98 @@ static void overlay_hash_is_low_32_bits_of_sha1(void **state)
 	assert_int_equal(proto_overlay_hash("psc.test"), want);
 }
 
+/* n Refresh messages under one signature; returns the messages. */
+static void build_refresh_batch(const proto_signer *sg, size_t n, uint8_t **outs, size_t *lens)
+{
+	psc_body b;
+	sample_body(PSC_MSG_REFRESH_REQ, &b);
+	proto_envelope *envs = calloc(n, sizeof(*envs));
+	const uint8_t **bodies = calloc(n, sizeof(*bodies));
+	size_t *blens = calloc(n, sizeof(*blens));
+	uint8_t **owned = calloc(n, sizeof(*owned));
+	for (size_t i = 0; i < n; i++) {
+		b.u.refresh_req.material.epoch = 100 + i; /* every member's part differs */
+		assert_int_equal(proto_body_encode(&b, &owned[i], &blens[i], NULL), PSC_OK);
+		bodies[i] = owned[i];
+		envs[i] = (proto_envelope){.overlay = 7, .transaction_id = 1000 + i,
+					   .code = PSC_MSG_REFRESH_REQ};
+	}
+	psc_err e;
+	if (proto_message_build_batch(envs, bodies, blens, n, sg, outs, lens, &e) != PSC_OK)
+		fail_msg("batch of %zu: %s", n, psc_err_text(&e));
+	for (size_t i = 0; i < n; i++)
+		free(owned[i]);
+	free(owned);
+	free(envs);
+	free(bodies);
+	free(blens);
+}
+
+static void batch_signature_covers_every_message(void **state)
+{
+	(void)state;
+	EVP_PKEY *ec = EVP_EC_gen("P-256");
+	proto_signer ecs = signer.signer;
+	ecs.key = ec;
+	const proto_signer *signers[] = {&signer.signer, &ecs};
+	const size_t sizes[] = {1, 2, 3, 7, 16, 33};
+	for (size_t k = 0; k < 2; k++) {
+		for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+			size_t n = sizes[si];
+			uint8_t *outs[33];
+			size_t lens[33];
+			build_refresh_batch(signers[k], n, outs, lens);
+			for (size_t i = 0; i < n; i++) {
+				proto_message m;
+				psc_err e;
+				assert_int_equal(proto_message_decode(outs[i], lens[i], &m, &e),
+						 PSC_OK);
+				assert_int_equal(m.sig_alg, k == 0 ? PROTO_SIG_BATCH_RSA
+								   : PROTO_SIG_BATCH_ECDSA);
+				if (proto_message_verify(&m, signers[k]->key, &e) != PSC_OK)
+					fail_msg("n=%zu i=%zu: %s", n, i, psc_err_text(&e));
+				free(outs[i]);
+			}
+		}
+	}
+	EVP_PKEY_free(ec);
+}
+
+static void batch_tampering_is_detected(void **state)
+{
+	(void)state;
+	uint8_t *outs[7];
+	size_t lens[7];
+	build_refresh_batch(&signer.signer, 7, outs, lens);
+	proto_message m, m2;
+	psc_err e;
+	/* A flipped body byte takes the message out of the batch. */
+	outs[3][60] ^= 1;
+	assert_int_equal(proto_message_decode(outs[3], lens[3], &m, &e), PSC_OK);
+	assert_int_equal(proto_message_verify(&m, signer.key, &e), PSC_E_BAD_SIGNATURE);
+	assert_non_null(strstr(e.detail, "not in the signed batch"));
+	outs[3][60] ^= 1;
+	/* Message 2's signature value grafted onto message 5 does not verify. */
+	assert_int_equal(proto_message_decode(outs[5], lens[5], &m, &e), PSC_OK);
+	assert_int_equal(proto_message_decode(outs[2], lens[2], &m2, &e), PSC_OK);
+	m.sig_value = m2.sig_value;
+	m.sig_len = m2.sig_len;
+	assert_int_equal(proto_message_verify(&m, signer.key, &e), PSC_E_BAD_SIGNATURE);
+	/* A leaf index out of range is rejected. */
+	assert_int_equal(proto_message_decode(outs[1], lens[1], &m, &e), PSC_OK);
+	uint8_t *sv = (uint8_t *)m.sig_value; /* points into outs[1] */
+	sv[7] = 9;
+	assert_int_equal(proto_message_verify(&m, signer.key, &e), PSC_E_BAD_SIGNATURE);
+	assert_non_null(strstr(e.detail, "not a valid position"));
+	/* Another key does not verify the root. */
+	assert_int_equal(proto_message_decode(outs[0], lens[0], &m, &e), PSC_OK);
+	EVP_PKEY *other = EVP_RSA_gen(2048);
+	assert_int_equal(proto_message_verify(&m, other, &e), PSC_E_BAD_SIGNATURE);
+	EVP_PKEY_free(other);
+	for (size_t i = 0; i < 7; i++)
+		free(outs[i]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -519,6 +611,8 @@ int main(void)
 		cmocka_unit_test(signature_by_another_key_is_rejected),
 		cmocka_unit_test(error_response_round_trip_and_bad_code),
 		cmocka_unit_test(overlay_hash_is_low_32_bits_of_sha1),
+		cmocka_unit_test(batch_signature_covers_every_message),
+		cmocka_unit_test(batch_tampering_is_detected),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
