@@ -108,6 +108,10 @@ psc_rc proto_message_decode(const uint8_t *buf, size_t len, proto_message *m, ps
 				   "ForwardingHeader lists too long (via %u, destination %u, options "
 				   "%u bytes; cap %u)", via_len, dest_len, opt_len,
 				   PROTO_MAX_ROUTE_LIST);
+	if (opt_len != 0) /* PSC peers talk to the KMS directly: nothing to forward */
+		return psc_err_set(err, PSC_E_FORWARDING_OPTION,
+				   "options_length is %u: PSC messages carry no forwarding options",
+				   opt_len);
 	m->via = proto_rd_borrow(&r, via_len, "via_list");
 	m->via_len = via_len;
 	m->dest = proto_rd_borrow(&r, dest_len, "destination_list");

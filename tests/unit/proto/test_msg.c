@@ -329,6 +329,11 @@ static void bad_relo_token_version_fragment_length(void **state)
 	patch_len(buf, len + 1);
 	assert_int_equal(proto_message_decode(buf, len, &m, &e), PSC_E_BAD_LENGTH);
 	assert_non_null(strstr(e.detail, "length field"));
+	patch_len(buf, len);
+	buf[37] = 4; /* options_length */
+	assert_int_equal(proto_message_decode(buf, len, &m, &e), PSC_E_FORWARDING_OPTION);
+	buf[37] = 0;
+	assert_int_equal(proto_message_decode(buf, len, &m, &e), PSC_OK);
 	free(buf);
 }
 
