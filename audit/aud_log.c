@@ -630,7 +630,7 @@ static psc_rc replay_segment(aud_log *log, unsigned n, bool last, repair *rep, p
 	size_t len;
 	uint64_t off;
 	bool cutting = false;
-	uint64_t cut_at = 0;
+	uint64_t cut_at = 0, first_line = 0;
 	psc_err first;
 	psc_err_clear(&first);
 	for (;;) {
@@ -647,11 +647,12 @@ static psc_rc replay_segment(aud_log *log, unsigned n, bool last, repair *rep, p
 			if (aud_chain_feed(&log->committed, line, len, &log->scratch, &e) == PSC_OK)
 				continue;
 			first = e;
+			first_line = aud_lines_lineno(rd);
 		}
 		if (!last || (k == AUD_LINE_OK && cutting &&
 			      aud_rec_parse(line, len, &log->scratch, NULL) == PSC_OK)) {
 			/* Damage followed by intact records is not a torn write. */
-			uint64_t lineno = aud_lines_lineno(rd);
+			uint64_t lineno = first_line ? first_line : aud_lines_lineno(rd);
 			aud_lines_free(&rd);
 			if (first.rc == PSC_OK)
 				psc_err_set(&first, PSC_E_AUDIT_MALFORMED, "line too long");

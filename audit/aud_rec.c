@@ -648,7 +648,8 @@ static bool c_hex(cur *c, uint8_t *out, size_t n, bool nullable, bool *is_null)
 	return !c->bad;
 }
 
-#define FIELD(c, name) ((c)->field = (name))
+/* Names the field being read, unless an earlier one already failed. */
+#define FIELD(c, name) ((c)->bad ? (void)0 : (void)((c)->field = (name)))
 
 psc_rc aud_rec_parse(const char *line, size_t len, aud_parsed *out, psc_err *err)
 {
