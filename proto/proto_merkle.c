@@ -9,6 +9,8 @@
  */
 #include "proto_merkle.h"
 
+#include <stdlib.h>
+
 #include <openssl/evp.h>
 #include <string.h>
 
@@ -185,4 +187,85 @@ void proto_merkle_acc_root(const proto_merkle_acc *acc, uint8_t out[32])
 uint64_t proto_merkle_acc_size(const proto_merkle_acc *acc)
 {
 	return acc->n;
+}
+
+/* ---- whole tree --------------------------------------------------------- */
+
+struct proto_merkle_tree {
+	size_t n_levels;
+	size_t width[PROTO_MERKLE_MAX_PATH + 1]; /* nodes per level, leaves first */
+	uint8_t (*level[PROTO_MERKLE_MAX_PATH + 1])[32];
+};
+
+psc_rc proto_merkle_tree_new(proto_merkle_tree **out, const uint8_t (*leaves)[32], size_t n)
+{
+	*out = NULL;
+	if (n == 0 || !leaves)
+		return PSC_E_INVALID_ARG;
+	proto_merkle_tree *t = calloc(1, sizeof(*t));
+	if (!t)
+		return PSC_E_NOMEM;
+	size_t w = n;
+	for (size_t lv = 0;; lv++) {
+		if (lv > PROTO_MERKLE_MAX_PATH) {
+			proto_merkle_tree_free(&t);
+			return PSC_E_TOO_LARGE;
+		}
+		t->level[lv] = malloc(w * 32);
+		if (!t->level[lv]) {
+			proto_merkle_tree_free(&t);
+			return PSC_E_NOMEM;
+		}
+		t->width[lv] = w;
+		t->n_levels = lv + 1;
+		if (lv == 0) {
+			memcpy(t->level[0], leaves, n * 32);
+		} else {
+			const uint8_t(*below)[32] = t->level[lv - 1];
+			size_t bw = t->width[lv - 1];
+			for (size_t i = 0; i < w; i++) {
+				if (2 * i + 1 < bw)
+					proto_merkle_node(below[2 * i], below[2 * i + 1], t->level[lv][i]);
+				else /* unpaired last node: carried up unchanged (RFC 9162 shape) */
+					memcpy(t->level[lv][i], below[2 * i], 32);
+			}
+		}
+		if (w == 1)
+			break;
+		w = (w + 1) / 2;
+	}
+	*out = t;
+	return PSC_OK;
+}
+
+void proto_merkle_tree_root(const proto_merkle_tree *t, uint8_t out[32])
+{
+	memcpy(out, t->level[t->n_levels - 1][0], 32);
+}
+
+psc_rc proto_merkle_tree_path(const proto_merkle_tree *t, size_t index, uint8_t (*path)[32],
+			      size_t max_path, size_t *path_len)
+{
+	*path_len = 0;
+	if (index >= t->width[0])
+		return PSC_E_INVALID_ARG;
+	for (size_t lv = 0; lv + 1 < t->n_levels; lv++, index /= 2) {
+		size_t sib = index ^ 1;
+		if (sib >= t->width[lv])
+			continue; /* carried up: no sibling at this level */
+		if (*path_len == max_path)
+			return PSC_E_TOO_LARGE;
+		memcpy(path[(*path_len)++], t->level[lv][sib], 32);
+	}
+	return PSC_OK;
+}
+
+void proto_merkle_tree_free(proto_merkle_tree **t)
+{
+	if (!t || !*t)
+		return;
+	for (size_t i = 0; i <= PROTO_MERKLE_MAX_PATH; i++)
+		free((*t)->level[i]);
+	free(*t);
+	*t = NULL;
 }

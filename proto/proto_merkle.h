@@ -63,4 +63,18 @@ psc_rc proto_merkle_acc_add(proto_merkle_acc *acc, const uint8_t leaf[32]) PSC_W
 void proto_merkle_acc_root(const proto_merkle_acc *acc, uint8_t out[32]);
 uint64_t proto_merkle_acc_size(const proto_merkle_acc *acc);
 
+/*
+ * A whole tree built once, for producing many inclusion paths (a batch
+ * signature needs one per message): O(n) hashes to build, O(log n) per path,
+ * where proto_merkle_path costs O(n) per call. Same tree as RFC 9162: built
+ * bottom-up, an unpaired last node is carried up unchanged.
+ */
+typedef struct proto_merkle_tree proto_merkle_tree;
+psc_rc proto_merkle_tree_new(proto_merkle_tree **out, const uint8_t (*leaves)[32], size_t n)
+	PSC_WUR;
+void proto_merkle_tree_root(const proto_merkle_tree *t, uint8_t out[32]);
+psc_rc proto_merkle_tree_path(const proto_merkle_tree *t, size_t index, uint8_t (*path)[32],
+			      size_t max_path, size_t *path_len) PSC_WUR;
+void proto_merkle_tree_free(proto_merkle_tree **t);
+
 #endif

@@ -439,6 +439,7 @@ psc_rc proto_message_build_batch(const proto_envelope *envs, const uint8_t *cons
 								  : PROTO_SIG_BATCH_RSA;
 	proto_wr *w = calloc(n, sizeof(*w));
 	uint8_t(*leaves)[PSC_HASH_LEN] = calloc(n, sizeof(*leaves));
+	proto_merkle_tree *tree = NULL;
 	size_t built = 0;
 	if (!w || !leaves) {
 		rc = psc_err_set(err, PSC_E_NOMEM, "batch of %zu messages: out of memory", n);
@@ -460,9 +461,10 @@ psc_rc proto_message_build_batch(const proto_envelope *envs, const uint8_t *cons
 		}
 	}
 	uint8_t root[PSC_HASH_LEN];
-	rc = proto_merkle_root((const uint8_t(*)[PSC_HASH_LEN])leaves, n, root);
+	rc = proto_merkle_tree_new(&tree, (const uint8_t(*)[PSC_HASH_LEN])leaves, n);
 	if (rc != PSC_OK)
 		goto out;
+	proto_merkle_tree_root(tree, root);
 	uint8_t tbs[sizeof(PROTO_BATCH_LABEL) - 1 + 4 + PSC_HASH_LEN];
 	batch_signed_bytes((uint32_t)n, root, tbs);
 	uint8_t root_sig[PROTO_MAX_SIGNATURE / 2];
@@ -478,8 +480,7 @@ psc_rc proto_message_build_batch(const proto_envelope *envs, const uint8_t *cons
 	for (size_t i = 0; i < n; i++) {
 		uint8_t path[PROTO_MAX_BATCH_PATH][PSC_HASH_LEN];
 		size_t path_len = 0;
-		rc = proto_merkle_path((const uint8_t(*)[PSC_HASH_LEN])leaves, n, i, path,
-				       PROTO_MAX_BATCH_PATH, &path_len);
+		rc = proto_merkle_tree_path(tree, i, path, PROTO_MAX_BATCH_PATH, &path_len);
 		if (rc != PSC_OK)
 			goto out;
 		proto_wr sv;
@@ -513,6 +514,7 @@ out:
 		proto_wr_free(&w[i]);
 	free(w);
 	free(leaves);
+	proto_merkle_tree_free(&tree);
 	return rc;
 }
 
