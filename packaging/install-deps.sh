@@ -8,7 +8,7 @@ pkgs=(
 	openssl libssl-dev libp11-dev libp11-kit-dev
 	softhsm2 libsofthsm2-dev opensc
 	libzmq3-dev libyaml-dev libcmocka-dev libsqlite3-dev sqlite3
-	tzdata procps
+	tzdata procps tshark
 )
 missing=()
 for p in "${pkgs[@]}"; do
@@ -23,6 +23,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# tshark asks whether non-root users may capture: keep the default (no).
+echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections 2>/dev/null || true
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 echo "install-deps: done"
