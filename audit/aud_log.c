@@ -551,7 +551,9 @@ psc_rc aud_log_close(aud_log **p, psc_err *err)
 	aud_log *log = *p;
 	psc_rc rc = PSC_OK;
 	aud_log_rollback(log);
-	if (log->failed == PSC_OK && log->committed.count > log->cp_size)
+	if (log->failed != PSC_OK)
+		rc = refuse(log, err); /* no final checkpoint: say so */
+	else if (log->committed.count > log->cp_size)
 		rc = write_checkpoint(log, err);
 	aud_log_free(p);
 	return rc;
@@ -830,6 +832,14 @@ psc_rc aud_log_open(aud_log **out, const aud_log_opts *o, psc_err *err)
 			goto fail;
 	if ((rc = replay_checkpoints(log, &rep[1], err)) != PSC_OK)
 		goto fail;
+	/* One log, one KMS id: checkpoints name it and the verifier holds them to it. */
+	if (log->committed.count > 0 && strcmp(log->committed.kms, log->kms) != 0) {
+		rc = psc_err_set(err, PSC_E_AUDIT_BAD_FIELD,
+				 "audit: %s belongs to KMS '%s', not '%s'; use another directory "
+				 "or the old KMS id",
+				 log->dir, log->committed.kms, log->kms);
+		goto fail;
+	}
 	if ((rc = open_segment(log, nseg ? nseg : 1, true, err)) != PSC_OK)
 		goto fail;
 	if (nseg == 0)

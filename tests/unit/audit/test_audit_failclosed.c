@@ -324,6 +324,11 @@ static void rollback_and_bad_input_leave_no_trace(void **state)
 	assert_int_equal(aud_log_open(&other, &o, &e), PSC_E_AUDIT_LOCKED);
 	assert_null(other);
 	assert_int_equal(aud_log_close(&log, &e), PSC_OK);
+	/* The directory belongs to one KMS id. */
+	o.kms_id = "another-kms";
+	assert_int_equal(aud_log_open(&other, &o, &e), PSC_E_AUDIT_BAD_FIELD);
+	contains(e.detail, "belongs to KMS 'kms-test.1'");
+	assert_null(other);
 	char *out = NULL;
 	assert_int_equal(at_audit(&out, "verify", f->dir, "--pubkey", f->pub, NULL, NULL), 0);
 	contains(out, "OK: 1 records");
@@ -349,7 +354,9 @@ static void key_that_cannot_sign_fails_closed(void **state)
 	contains(e.detail, "signing failed");
 	assert_true(aud_log_failed(log));
 	assert_int_equal(append_one(log, &seq, &e), PSC_E_AUDIT);
-	aud_log_free(&log);
+	/* Closing a failed log cannot write the final checkpoint, and says so. */
+	assert_int_equal(aud_log_close(&log, &e), PSC_E_AUDIT);
+	assert_null(log);
 	EVP_PKEY_free(pub);
 }
 
