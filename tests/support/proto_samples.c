@@ -20,7 +20,7 @@ const uint16_t sample_codes[] = {
 };
 const size_t sample_count = sizeof(sample_codes) / sizeof(sample_codes[0]);
 
-#define TS 1795708800000ull /* 2026-11-26T00:00:00Z in ms */
+#define TS 1795651200000ull /* 2026-11-26T00:00:00Z in ms */
 #define B(s) ((proto_bytes){(const uint8_t *)(s), sizeof(s) - 1})
 
 static const uint8_t PSC_A[16] = {0x9f, 0x1c, 0x2b, 0x3a, 0x49, 0x58, 0x67, 0x76,

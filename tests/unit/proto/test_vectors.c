@@ -170,6 +170,28 @@ static void doc_vectors_decode_and_verify(void **state)
 	free(doc);
 }
 
+/* tests/support/vector-signer.crt.pem (for psc-wire verify and other
+ * implementations) is the certificate embedded in the sample signer. */
+static void signer_pem_file_matches_embedded_certificate(void **state)
+{
+	(void)state;
+	char path[4096];
+	const char *src = getenv("PSC_SOURCE_DIR");
+	snprintf(path, sizeof(path), "%s/tests/support/vector-signer.crt.pem",
+		 src ? src : PSC_SOURCE_DIR);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	assert_non_null(x);
+	uint8_t *der = NULL;
+	int len = i2d_X509(x, &der);
+	assert_int_equal((size_t)len, signer.cert_len);
+	assert_memory_equal(der, signer.cert_der, signer.cert_len);
+	OPENSSL_free(der);
+	X509_free(x);
+}
+
 static int write_doc(const char *path)
 {
 	char *doc = read_doc(path);
@@ -236,6 +258,7 @@ int main(int argc, char **argv)
 		const struct CMUnitTest tests[] = {
 			cmocka_unit_test(doc_vectors_match_the_code),
 			cmocka_unit_test(doc_vectors_decode_and_verify),
+			cmocka_unit_test(signer_pem_file_matches_embedded_certificate),
 		};
 		rc = cmocka_run_group_tests(tests, NULL, NULL);
 	}
