@@ -134,11 +134,13 @@ static bool match_str(const pol_matcher *m, const char *v)
 {
 	switch (m->kind) {
 	case POL_M_EQ:
-		return strcmp(v, m->strs[0]) == 0;
+		/* The first byte settles most mismatches without a call. */
+		return v[0] == m->strs[0][0] && strcmp(v, m->strs[0]) == 0;
 	case POL_M_IN:
 		return bsearch_str(m->strs, m->n, v);
 	case POL_M_PREFIX:
-		return strncmp(v, m->strs[0], m->lens[0]) == 0;
+		return m->lens[0] == 0 ||
+		       (v[0] == m->strs[0][0] && strncmp(v, m->strs[0], m->lens[0]) == 0);
 	case POL_M_GLOB:
 		return glob_match(m->strs[0], v);
 	case POL_M_SET:
@@ -223,19 +225,22 @@ static pol_res eval_principal(struct ctx *c, const pol_principal *p, const pol_p
 	return res;
 }
 
-/* Any of the principals; memoised per decision. */
-static pol_res eval_principals(struct ctx *c, const pol_principal *const *ps, size_t n,
-			       const pol_peer *peer, uint8_t *cache, const char *who)
+/* Any of the principals (by index); memoised per decision. */
+static pol_res eval_principals(struct ctx *c, const uint8_t *idx, size_t n, const pol_peer *peer,
+			       uint8_t *cache, const char *who)
 {
 	pol_res res = POL_R_NOMATCH;
-	char first_why[sizeof(c->why)] = "";
+	char first_why[sizeof(c->why)]; /* only touched when explaining */
+	if (c->explain)
+		first_why[0] = '\0';
 	for (size_t i = 0; i < n; i++) {
+		uint8_t k = idx[i];
 		pol_res r;
-		if (!c->explain && cache[ps[i]->idx]) {
-			r = (pol_res)(cache[ps[i]->idx] - 1);
+		if (!c->explain && cache[k]) {
+			r = (pol_res)(cache[k] - 1);
 		} else {
-			r = eval_principal(c, ps[i], peer, who);
-			cache[ps[i]->idx] = (uint8_t)(r + 1);
+			r = eval_principal(c, &c->pol->principals[k], peer, who);
+			cache[k] = (uint8_t)(r + 1);
 		}
 		if (r == POL_R_MATCH)
 			return POL_R_MATCH;
@@ -315,7 +320,9 @@ static pol_res eval_rule(struct ctx *c, const pol_rule *r)
 {
 	const pol_request *q = c->req;
 	pol_res res = POL_R_MATCH;
-	char err_why[sizeof(c->why)] = "";
+	char err_why[sizeof(c->why)]; /* only touched when explaining */
+	if (c->explain)
+		err_why[0] = '\0';
 #define STEP(expr)                                                                 \
 	do {                                                                       \
 		pol_res r_ = (expr);                                               \
@@ -328,13 +335,30 @@ static pol_res eval_rule(struct ctx *c, const pol_rule *r)
 		}                                                                  \
 	} while (0)
 
+	/* Cheapest predicates first; the result does not depend on the order. */
+	if (r->owner >= 0) {
+		bool is_owner = memcmp(q->requester.node_id, q->psc->owner_node_id,
+				       PSC_NODE_ID_LEN) == 0;
+		if (is_owner != (r->owner == 1)) {
+			WHY(c, "requester %s the PSC owner", is_owner ? "is" : "is not");
+			return POL_R_NOMATCH;
+		}
+	}
+	if (r->has_members) {
+		uint32_t m = q->psc->member_count;
+		if (m < r->members_min || m > r->members_max) {
+			WHY(c, "member count %u is outside %u..%u", m, r->members_min,
+			    r->members_max);
+			return POL_R_NOMATCH;
+		}
+	}
 	if (r->n_principals)
-		STEP(eval_principals(c, r->principals, r->n_principals, &q->requester, c->preq,
+		STEP(eval_principals(c, r->pidx, r->n_principals, &q->requester, c->preq,
 				     "requester"));
 	if (r->n_groups) {
 		pol_res g = POL_R_NOMATCH;
 		for (size_t i = 0; i < r->n_groups && g != POL_R_MATCH; i++) {
-			const pol_group *gr = r->groups[i];
+			const pol_group *gr = &c->pol->groups[r->gidx[i]];
 			pol_res x;
 			if (!c->explain && c->grp[gr->idx]) {
 				x = (pol_res)(c->grp[gr->idx] - 1);
@@ -355,24 +379,8 @@ static pol_res eval_rule(struct ctx *c, const pol_rule *r)
 	if (r->has_psc)
 		STEP(pol_match_psc(&r->psc, q->psc->name, q->psc->labels, q->psc->n_labels,
 				   c->explain ? c->why : NULL, sizeof(c->why)));
-	if (r->owner >= 0) {
-		bool is_owner = memcmp(q->requester.node_id, q->psc->owner_node_id,
-				       PSC_NODE_ID_LEN) == 0;
-		if (is_owner != (r->owner == 1)) {
-			WHY(c, "requester %s the PSC owner", is_owner ? "is" : "is not");
-			return POL_R_NOMATCH;
-		}
-	}
 	if (r->n_invitee)
-		STEP(eval_principals(c, r->invitee, r->n_invitee, q->invitee, c->pinv, "invitee"));
-	if (r->has_members) {
-		uint32_t m = q->psc->member_count;
-		if (m < r->members_min || m > r->members_max) {
-			WHY(c, "member count %u is outside %u..%u", m, r->members_min,
-			    r->members_max);
-			return POL_R_NOMATCH;
-		}
-	}
+		STEP(eval_principals(c, r->iidx, r->n_invitee, q->invitee, c->pinv, "invitee"));
 	if (r->n_windows) {
 		bool any = false;
 		for (size_t i = 0; i < r->n_windows && !any; i++)
@@ -417,8 +425,9 @@ static pol_res eval_rule(struct ctx *c, const pol_rule *r)
 
 /* ---- limits --------------------------------------------------------------- */
 
+/* gcache (nullable): the decision's group memo, filled as a side effect. */
 static bool limits_merge(const pol_policy *pol, const char *name, const pol_label *labels,
-			 size_t n_labels, pol_limits *out, const char **conflict)
+			 size_t n_labels, pol_limits *out, const char **conflict, uint8_t *gcache)
 {
 	*out = pol->defaults;
 	bool have_default = false;
@@ -426,7 +435,10 @@ static bool limits_merge(const pol_policy *pol, const char *name, const pol_labe
 	for (size_t i = 0; i < pol->n_groups; i++) {
 		const pol_group *g = &pol->groups[i];
 		/* A PSC lacking a label the group tests is not in the group. */
-		if (pol_match_psc(&g->psc, name, labels, n_labels, NULL, 0) != POL_R_MATCH)
+		pol_res in = pol_match_psc(&g->psc, name, labels, n_labels, NULL, 0);
+		if (gcache)
+			gcache[i] = (uint8_t)(in + 1);
+		if (in != POL_R_MATCH)
 			continue;
 		const pol_limits_spec *s = &g->limits;
 		if (s->has_max_members && s->v.max_members < out->max_members)
@@ -475,7 +487,7 @@ psc_rc pol_limits_for(const pol_policy *pol, const char *psc_name, const pol_lab
 	if (!pol || !out || (n_labels && !labels))
 		return psc_err_set(err, PSC_E_INVALID_ARG, "pol_limits_for: NULL argument");
 	const char *conflict = NULL;
-	if (!limits_merge(pol, psc_name, labels, n_labels, out, &conflict))
+	if (!limits_merge(pol, psc_name, labels, n_labels, out, &conflict, NULL))
 		return psc_err_set(err, PSC_E_POLICY_CONFLICT,
 				   "PSC '%s': group '%s' leaves no allowed refresh interval, suite "
 				   "or wrap algorithm together with the defaults and the PSC's other "
@@ -504,7 +516,7 @@ static const char *check_limits(struct ctx *c, bool *error)
 	pol_limits lim;
 	const char *conflict = NULL;
 	if (!limits_merge(c->pol, q->psc->name, q->psc->labels, q->psc->n_labels, &lim,
-			  &conflict)) {
+			  &conflict, c->explain ? NULL : c->grp)) {
 		*error = true;
 		WHY(c, "the limits of group '%s' conflict with the PSC's other limits", conflict);
 		return "limit.conflict";
@@ -536,6 +548,18 @@ static const char *check_limits(struct ctx *c, bool *error)
 		}
 	}
 	return NULL;
+}
+
+/* False when rule i names principals and none of them is live. */
+static inline bool prefilter(const pol_policy *pol, uint32_t i, const uint64_t *live)
+{
+	const uint64_t *m = pol->rule_pmask[i];
+	uint64_t any = 0, hit = 0;
+	for (unsigned w = 0; w < POL_PRINCIPALS_MAX / 64; w++) {
+		any |= m[w];
+		hit |= m[w] & live[w];
+	}
+	return !any || hit;
 }
 
 static void explain_rule(pol_explain *ex, const pol_rule *r, pol_res res, const char *why)
@@ -645,9 +669,23 @@ psc_rc pol_decide(const pol_policy *pol, const pol_state *state, const pol_reque
 			out->rules_truncated = permit ? ptrunc : atrunc;
 		}
 	} else if (!denied) {
+		/* Evaluate the action's principals once; a rule that names principals
+		 * of which none matched or failed to evaluate cannot match. */
+		uint64_t live[POL_PRINCIPALS_MAX / 64] = {0};
+		for (unsigned w = 0; w < POL_PRINCIPALS_MAX / 64; w++)
+			for (uint64_t m = pol->action_pmask[req->action][w]; m; m &= m - 1) {
+				unsigned k = w * 64 + (unsigned)__builtin_ctzll(m);
+				pol_res r = eval_principal(&c, &pol->principals[k], &req->requester,
+							   "requester");
+				c.preq[k] = (uint8_t)(r + 1);
+				if (r != POL_R_NOMATCH)
+					live[w] |= 1ull << (k % 64);
+			}
 		const uint32_t *idx = pol->by_action[req->action][POL_E_FORBID];
 		size_t n = pol->n_by_action[req->action][POL_E_FORBID];
 		for (size_t i = 0; i < n; i++) {
+			if (!prefilter(pol, idx[i], live))
+				continue;
 			pol_res res = eval_rule(&c, &pol->rules[idx[i]]);
 			if (res != POL_R_NOMATCH) {
 				denied = true;
@@ -660,7 +698,8 @@ psc_rc pol_decide(const pol_policy *pol, const pol_state *state, const pol_reque
 			idx = pol->by_action[req->action][e];
 			n = pol->n_by_action[req->action][e];
 			for (size_t i = 0; i < n; i++)
-				if (eval_rule(&c, &pol->rules[idx[i]]) == POL_R_MATCH)
+				if (prefilter(pol, idx[i], live) &&
+				    eval_rule(&c, &pol->rules[idx[i]]) == POL_R_MATCH)
 					add_rule(out, pol->rules[idx[i]].id);
 			if (out->n_rules)
 				out->outcome = e == POL_E_PERMIT ? POL_PERMIT : POL_ASK_OWNER;

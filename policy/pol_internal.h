@@ -17,6 +17,7 @@
 #define POL_GROUPS_MAX 256
 #define POL_RULES_MAX 10000
 #define POL_WARNINGS_MAX 200
+#define POL_RULE_REFS_MAX 16 /* principals, invitee principals or groups one rule names */
 
 enum pol_attr {
 	POL_A_CN,
@@ -103,6 +104,11 @@ typedef struct pol_window {
 } pol_window;
 
 typedef struct pol_rule {
+	/* Indices (< 256) of the principals and groups a rule names, kept inline
+	 * so a decision reads them without chasing pointers. */
+	uint8_t pidx[POL_RULE_REFS_MAX];
+	uint8_t iidx[POL_RULE_REFS_MAX];
+	uint8_t gidx[POL_RULE_REFS_MAX];
 	const char *id;
 	enum pol_effect effect;
 	uint8_t actions; /* bit per pol_action */
@@ -134,6 +140,12 @@ struct pol_policy {
 	/* Rule indices per action and effect, so a decision visits only its rules. */
 	const uint32_t *by_action[POL_ACT_COUNT][POL_E_COUNT];
 	size_t n_by_action[POL_ACT_COUNT][POL_E_COUNT];
+	/* Prefilter: bit i of rule_pmask[r] is set when rule r names principal i
+	 * (all zero: the rule names none); action_pmask[a] is the union over the
+	 * rules of action a. A decision evaluates those principals once and skips
+	 * rules none of whose principals matched, without touching the rule. */
+	const uint64_t (*rule_pmask)[POL_PRINCIPALS_MAX / 64];
+	uint64_t action_pmask[POL_ACT_COUNT][POL_PRINCIPALS_MAX / 64];
 	size_t n_principals, n_groups, n_sets;
 	const pol_principal *principals;
 	const pol_group *groups;

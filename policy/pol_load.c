@@ -417,6 +417,25 @@ static psc_rc load_pscmatch(struct ld *l, const pol_ynode *n, const char *what, 
 static const char *const attr_keys[POL_A_COUNT] = {"subject_cn", "subject_ou", "subject_o",
 						   "issuer",     "node_id",    "fingerprint"};
 
+static int matcher_cost(const pol_matcher *m)
+{
+	if (m->type != POL_T_STR)
+		return m->kind == POL_M_EQ ? 0 : 2;
+	switch (m->kind) {
+	case POL_M_EQ:
+		return 1;
+	case POL_M_PREFIX:
+		return 2;
+	case POL_M_IN:
+		return 3;
+	case POL_M_SET:
+		return 4;
+	case POL_M_GLOB:
+		return 5;
+	}
+	return 5;
+}
+
 static psc_rc load_principals(struct ld *l, const pol_ynode *n)
 {
 	psc_rc rc = pol_yexpect(l->d, n, POL_Y_MAP, "'principals'", l->err);
@@ -478,6 +497,16 @@ static psc_rc load_principals(struct ld *l, const pol_ynode *n)
 					"%s has no attributes; to match any requester, omit "
 					"'principals' in the rule",
 					what);
+		/* All attributes must match, so test the cheapest first (stable, so
+		 * explain traces stay predictable). */
+		for (size_t a1 = 1; a1 < na; a1++)
+			for (size_t a2 = a1; a2 > 0 && matcher_cost(&am[a2].m) <
+							 matcher_cost(&am[a2 - 1].m);
+			     a2--) {
+				pol_attr_match t = am[a2];
+				am[a2] = am[a2 - 1];
+				am[a2 - 1] = t;
+			}
 		p->m = am;
 		p->n = na;
 	}
@@ -495,6 +524,11 @@ static psc_rc ref_principals(struct ld *l, const pol_ynode *n, const char *what,
 	if (n->n == 0)
 		return pol_yerr(l->err, PSC_E_POLICY_SCHEMA, l->d->file, n,
 				"%s is empty; omit it to match anyone", what);
+	if (n->n > POL_RULE_REFS_MAX)
+		return pol_yerr(l->err, PSC_E_POLICY_LIMIT, l->d->file, n,
+				"%s names more than %d principals (POL_RULE_REFS_MAX); define one "
+				"principal with an in or in_set matcher instead",
+				what, POL_RULE_REFS_MAX);
 	const pol_principal **v = pol_arena_alloc(l->a, n->n * sizeof(*v));
 	if (!v)
 		return OOM(l);
@@ -800,6 +834,8 @@ static psc_rc load_when(struct ld *l, const pol_ynode *n, pol_rule *r, const cha
 		if ((rc = ref_principals(l, x, "when.invitee", &r->invitee, &r->n_invitee)) !=
 		    PSC_OK)
 			return rc;
+		for (size_t i = 0; i < r->n_invitee; i++)
+			r->iidx[i] = (uint8_t)r->invitee[i]->idx;
 		if (r->actions != (1u << POL_ACT_INVITE))
 			return pol_yerr(l->err, PSC_E_POLICY_RULE, l->d->file, x,
 					"rule '%s': when.invitee applies only to action invite; "
@@ -945,6 +981,8 @@ static psc_rc load_rule(struct ld *l, const pol_ynode *n, pol_rule *r)
 	if ((x = pol_yget(n, "principals")) &&
 	    (rc = ref_principals(l, x, "principals", &r->principals, &r->n_principals)) != PSC_OK)
 		return rc;
+	for (size_t i = 0; i < r->n_principals; i++)
+		r->pidx[i] = (uint8_t)r->principals[i]->idx;
 	const pol_ynode *psc_cond = NULL;
 	if ((x = pol_yget(n, "groups"))) {
 		psc_cond = x;
@@ -953,6 +991,10 @@ static psc_rc load_rule(struct ld *l, const pol_ynode *n, pol_rule *r)
 		if (x->n == 0)
 			return pol_yerr(l->err, PSC_E_POLICY_SCHEMA, l->d->file, x,
 					"groups is empty; omit it to match any PSC");
+		if (x->n > POL_RULE_REFS_MAX)
+			return pol_yerr(l->err, PSC_E_POLICY_LIMIT, l->d->file, x,
+					"groups names more than %d groups (POL_RULE_REFS_MAX)",
+					POL_RULE_REFS_MAX);
 		const pol_group **g = pol_arena_alloc(l->a, x->n * sizeof(*g));
 		if (!g)
 			return OOM(l);
@@ -974,6 +1016,7 @@ static psc_rc load_rule(struct ld *l, const pol_ynode *n, pol_rule *r)
 							l->d->file, x->items[i],
 							"group '%s' is listed twice", s);
 			l->groups[g[i]->idx].used = true;
+			r->gidx[i] = (uint8_t)g[i]->idx;
 		}
 		r->groups = g;
 		r->n_groups = x->n;
@@ -1070,6 +1113,18 @@ static psc_rc load_rules(struct ld *l, const pol_ynode *n)
 	qsort(rules, n->n, sizeof(*rules), cmp_rule);
 	l->pol->rules = rules;
 	l->pol->n_rules = n->n;
+	uint64_t (*pm)[POL_PRINCIPALS_MAX / 64] = pol_arena_alloc(l->a, (n->n + 1) * sizeof(*pm));
+	if (!pm)
+		return OOM(l);
+	for (size_t i = 0; i < n->n; i++)
+		for (size_t k = 0; k < rules[i].n_principals; k++) {
+			unsigned b = rules[i].pidx[k];
+			pm[i][b / 64] |= 1ull << (b % 64);
+			for (int a = 0; a < POL_ACT_COUNT; a++)
+				if (rules[i].actions >> a & 1)
+					l->pol->action_pmask[a][b / 64] |= 1ull << (b % 64);
+		}
+	l->pol->rule_pmask = (const uint64_t(*)[POL_PRINCIPALS_MAX / 64])pm;
 	for (int a = 0; a < POL_ACT_COUNT; a++)
 		for (int e = 0; e < POL_E_COUNT; e++) {
 			size_t cnt = 0;

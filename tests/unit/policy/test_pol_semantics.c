@@ -540,10 +540,82 @@ static void revision_is_sha256_of_bytes_and_reload_keeps_old_on_error(void **sta
 	pol_policy_free(&pol);
 }
 
+/* The fast path (principal prefilter, memoised groups, early exits) and the
+ * explaining path (every rule, no memo) must decide identically. */
+static void fast_path_and_explain_agree(void **state)
+{
+	(void)state;
+	pol_policy *pol = load_ok(
+		"version: 1\n"
+		"sets: {orgs: {strings: [Example, Partner]}}\n"
+		"principals:\n"
+		"  ops: {subject_ou: {eq: Operations}}\n"
+		"  org: {subject_o: {in_set: orgs}, subject_cn: {glob: \"*a*\"}}\n"
+		"  pre: {subject_cn: {prefix: b}}\n"
+		"  iss: {issuer: {eq: \"CN=Root\"}, subject_ou: {in: [Sales, Ops]}}\n"
+		"groups:\n"
+		"  g1: {psc: {name: {prefix: ops-}}}\n"
+		"  g2: {psc: {labels: {tier: {eq: gold}}}}\n"
+		"rules:\n"
+		"  - {id: f1, effect: forbid, actions: [join, invite], principals: [pre], groups: [g2]}\n"
+		"  - {id: f2, effect: forbid, actions: [join], principals: [iss], when: {members: {min: 5}}}\n"
+		"  - {id: p1, effect: permit, actions: [join, invite], principals: [ops, org]}\n"
+		"  - {id: p2, effect: permit, actions: [join], groups: [g1, g2]}\n"
+		"  - {id: p3, effect: permit, actions: [destroy], when: {owner: true}}\n"
+		"  - {id: a1, effect: ask_owner, actions: [join, invite], principals: [pre, iss]}\n"
+		"  - {id: a2, effect: ask_owner, actions: [report_departure], groups: [g2]}\n");
+	const char *cns[] = {"alice", "bob", "carl", NULL};
+	const char *ous[] = {"Operations", "Sales", NULL};
+	const char *os[] = {"Example", "Other", NULL};
+	const char *names[] = {"ops-1", "misc"};
+	const char *tiers[] = {"gold", "tin", NULL};
+	const pol_action acts[] = {POL_ACT_JOIN, POL_ACT_INVITE, POL_ACT_DESTROY,
+				   POL_ACT_REPORT_DEPARTURE};
+	size_t checked = 0;
+	for (size_t a = 0; a < 4; a++)
+		for (size_t i = 0; i < 4; i++)
+			for (size_t j = 0; j < 3; j++)
+				for (size_t k = 0; k < 3; k++)
+					for (size_t n = 0; n < 2; n++)
+						for (size_t t = 0; t < 3; t++)
+							for (uint32_t m = 1; m < 10; m += 6) {
+		pol_request q;
+		pol_psc psc;
+		pol_peer inv;
+		req_init(&q, &psc, acts[a], 0);
+		q.requester.subject_cn = cns[i];
+		q.requester.subject_ou = ous[j];
+		q.requester.subject_o = os[k];
+		peer_init(&inv, "x", "y", 5);
+		q.invitee = &inv;
+		psc.name = names[n];
+		pol_label lb = {"tier", tiers[t]};
+		psc.labels = &lb;
+		psc.n_labels = tiers[t] ? 1 : 0;
+		psc.member_count = m;
+		if (m > 5)
+			memcpy(psc.owner_node_id, q.requester.node_id, 16);
+		pol_decision d1, d2;
+		char buf[4096];
+		pol_explain ex = {.buf = buf, .cap = sizeof(buf)};
+		assert_int_equal(pol_decide(pol, NULL, &q, &d1, NULL), PSC_OK);
+		assert_int_equal(pol_decide(pol, NULL, &q, &d2, &ex), PSC_OK);
+		assert_int_equal(d1.outcome, d2.outcome);
+		assert_int_equal(d1.forbid_error, d2.forbid_error);
+		assert_int_equal(d1.n_rules, d2.n_rules);
+		for (size_t r = 0; r < d1.n_rules; r++)
+			assert_string_equal(d1.rules[r], d2.rules[r]);
+		checked++;
+	}
+	assert_int_equal(checked, 4 * 4 * 3 * 3 * 2 * 3 * 2);
+	pol_policy_free(&pol);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(every_effect_combination),
+		cmocka_unit_test(fast_path_and_explain_agree),
 		cmocka_unit_test(all_deciding_rules_reported_sorted),
 		cmocka_unit_test(errors_in_forbid_deny_errors_in_permit_skip),
 		cmocka_unit_test(ask_owner_never_overrides_forbid),
