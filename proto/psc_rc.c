@@ -17,6 +17,7 @@ static const struct rc_entry rc_table[] = {
 #include "psc_rc_policy.def"
 #include "psc_rc_audit.def"
 #include "psc_rc_kms.def"
+#include "psc_rc_kmsd.def"
 #include "psc_rc_peer.def"
 #undef PSC_RC_DEF
 };

@@ -11,7 +11,8 @@
  *   hsm  -100 .. -199   psc_rc_hsm.def
  *   policy -200 .. -299 psc_rc_policy.def
  *   audit -300 .. -399  psc_rc_audit.def
- *   kms  -400 .. -499   psc_rc_kms.def
+ *   kms  -400 .. -449   psc_rc_kms.def   (state store, commands, config)
+ *   kmsd -450 .. -499   psc_rc_kmsd.def  (daemon: authentication, flows)
  *   peer -500 .. -599   psc_rc_peer.def
  */
 #ifndef PSC_RC_H
@@ -30,6 +31,7 @@ typedef enum psc_rc {
 #include "psc_rc_policy.def"
 #include "psc_rc_audit.def"
 #include "psc_rc_kms.def"
+#include "psc_rc_kmsd.def"
 #include "psc_rc_peer.def"
 #undef PSC_RC_DEF
 } psc_rc;
