@@ -1,0 +1,337 @@
+/*
+ * psc/peer.h — libpscpeer: the control plane a peer embeds to take part in
+ * RELOAD Public Security Channels (PSC) managed by a psc-kms KMS.
+ *
+ * Owns: one peer identity (certificate + private key), one ZeroMQ DEALER
+ * connection to the KMS, every PSC flow of docs/protocol.md seen from the peer
+ * (Initialize, Establish, Join, Lookup, Invite, Leave, DepartureReport, Destroy,
+ * Catchup) and the answers to KMS-initiated requests (Refresh, Query, Invite,
+ * Liveness), and the epoch secrets this peer holds.
+ * Never: log or hand out epoch secrets through this header (the group-messaging
+ * layer of the SDK reads them internally), trust a KMS message before its
+ * signature by the configured KMS certificate verifies, or keep global state:
+ * every psc_peer is independent.
+ *
+ * Threads: a psc_peer is not thread-safe; use one from one thread at a time.
+ * Different psc_peer objects may be used from different threads.
+ *
+ * Two ways to drive it (both may be mixed):
+ *  - Blocking: each request function sends its request and then processes
+ *    everything that arrives (Refreshes, Queries, ... from the KMS, which run
+ *    their callbacks) until its answer arrives or the request timeout expires.
+ *  - Event loop: poll psc_peer_fd() for readability (ZMQ_FD semantics: it is
+ *    edge-triggered, so always call psc_peer_process() when it fires, and also
+ *    when psc_peer_next_timeout_ms() elapses), and call psc_peer_process().
+ *
+ * Callbacks run inside psc_peer_process() or a blocking request. They must not
+ * call request functions of the same peer (those return PSC_E_PEER_BUSY) nor
+ * psc_peer_free() it; accessors are fine.
+ *
+ * IDs (PSC IDs, Node-IDs) are 16 raw bytes; psc_peer_id_hex() formats them.
+ * Errors: functions return psc_rc (PSC_OK = 0, negative on error; psc_rc.h) and
+ * fill an optional psc_err with a sentence for people, e.g.
+ * "KMS refused PscJoin: Forbidden (policy_denied): denied by rule r7".
+ */
+#ifndef PSC_PEER_H
+#define PSC_PEER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "psc_rc.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PSC_PEER_ID_LEN 16          /* Node-ID and PSC ID bytes */
+#define PSC_PEER_NAME_MAX 255       /* PSC name bytes */
+#define PSC_PEER_ENDPOINT_MAX 255   /* data endpoint bytes */
+#define PSC_PEER_TEXT_MAX 1000      /* KMS error text bytes */
+
+#define PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS 10000
+#define PSC_PEER_DEFAULT_FRESHNESS_MS 300000 /* ±300 s, docs/protocol.md §9 */
+
+typedef struct psc_peer psc_peer;
+
+/* Why an epoch changed (the wire's RefreshReason, docs/protocol.md §7.6). */
+typedef enum psc_peer_reason {
+	PSC_PEER_REASON_ESTABLISH = 1,
+	PSC_PEER_REASON_TIMER = 2,
+	PSC_PEER_REASON_JOIN = 3,
+	PSC_PEER_REASON_LEAVE = 4,
+	PSC_PEER_REASON_EVICT = 5,
+	PSC_PEER_REASON_DESTROYED = 6, /* the PSC no longer exists */
+	PSC_PEER_REASON_REMOVED = 7,   /* this peer is no longer a member */
+	PSC_PEER_REASON_RESTORE = 8,
+	PSC_PEER_REASON_CATCHUP = 9,
+	/* Not on the wire: material that came in an answer to our own request. */
+	PSC_PEER_REASON_ANSWER = 100,
+} psc_peer_reason;
+
+/* A Query from the KMS: `requester` asks to join a PSC this peer owns. */
+typedef struct psc_peer_query {
+	uint8_t psc_id[PSC_PEER_ID_LEN];
+	uint8_t requester[PSC_PEER_ID_LEN];
+	const char *requester_subject; /* RFC 2253 subject, NUL-terminated, borrowed */
+	uint32_t timeout_ms;           /* the KMS denies after this long */
+} psc_peer_query;
+
+/* An Invite from the KMS: `inviter` (the owner) invites this peer. */
+typedef struct psc_peer_invitation {
+	uint8_t psc_id[PSC_PEER_ID_LEN];
+	const char *psc_name; /* NUL-terminated, borrowed */
+	uint8_t inviter[PSC_PEER_ID_LEN];
+	uint32_t timeout_ms;
+} psc_peer_invitation;
+
+/*
+ * Application callbacks; every one is optional. `user` is psc_peer_config.user.
+ * Pointers passed in are valid only during the call.
+ */
+typedef struct psc_peer_callbacks {
+	/* A new epoch of a PSC is held (Refresh, Catchup, or our own request). */
+	void (*on_epoch)(void *user, const uint8_t psc_id[PSC_PEER_ID_LEN], uint64_t epoch,
+			 psc_peer_reason reason);
+	/* The PSC is gone for this peer (reason DESTROYED or REMOVED); its epochs
+	 * are already wiped. last_epoch is the last epoch the KMS says we held. */
+	void (*on_gone)(void *user, const uint8_t psc_id[PSC_PEER_ID_LEN], uint64_t last_epoch,
+			psc_peer_reason reason);
+	/* Owner decision on a join; return 1 to accept, 0 to deny. Unset = deny. */
+	int (*on_query)(void *user, const psc_peer_query *q);
+	/* Invitee decision; return 1 to accept, 0 to decline. Unset = decline. */
+	int (*on_invite)(void *user, const psc_peer_invitation *inv);
+	/* Something the KMS sent could not be applied (e.g. an epoch secret that
+	 * does not unwrap: not acknowledged), or a KMS message was rejected (bad
+	 * signature, stale, replayed). Informational; the peer keeps running. */
+	void (*on_error)(void *user, const psc_err *err);
+	/* The peer re-initialised with the KMS (restart or reconnect detected). */
+	void (*on_reconnect)(void *user);
+} psc_peer_callbacks;
+
+typedef struct psc_peer_config {
+	const char *cert_file;     /* this peer's certificate, PEM (EC P-256 or RSA) */
+	const char *key_file;      /* its private key, PEM, unencrypted */
+	const char *kms_endpoint;  /* "tcp://host:port" */
+	const char *kms_cert_file; /* the KMS certificate, PEM: every KMS message must be
+				      signed by its key */
+	/* The KMS's CURVE public key: 40 Z85 characters, or a path to a file whose
+	 * first line holds them. NULL = plain TCP (tests, never production). */
+	const char *kms_curve_key;
+	const char *overlay;       /* overlay name, e.g. "psc.example" */
+	const char *data_endpoint; /* advertised at Initialize; NULL = none */
+	int request_timeout_ms;    /* 0 = PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS */
+	int freshness_ms;          /* accepted clock skew of KMS requests; 0 = default */
+	/* Re-Initialize + Catchup by itself when the KMS restarted or the
+	 * connection came back (0 = only on psc_peer_reconnect()). */
+	int auto_reconnect;
+	const psc_peer_callbacks *callbacks; /* copied; NULL = none */
+	void *user;                          /* passed to every callback */
+} psc_peer_config;
+
+/* Access-control information for a new PSC (docs/protocol.md §6.2). */
+typedef struct psc_peer_label {
+	const char *key;   /* 1..64 bytes */
+	const char *value; /* 0..255 bytes */
+} psc_peer_label;
+
+typedef struct psc_peer_establish_params {
+	const char *name; /* 1..255 bytes, unique among live PSCs */
+	const psc_peer_label *labels;
+	size_t n_labels; /* at most 32 */
+	const uint8_t (*members)[PSC_PEER_ID_LEN]; /* initial members besides us */
+	size_t n_members;
+	uint32_t refresh_s;   /* 0 = policy default */
+	uint32_t max_members; /* 0 = policy limit */
+	int sender_signatures; /* 1: every group message must be signed by its sender */
+} psc_peer_establish_params;
+
+/* The result of an optional join/establish inside Initialize. */
+typedef struct psc_peer_outcome {
+	int requested;  /* 0: not asked for */
+	uint16_t status; /* 0 ok, else a RELOAD error code (2 Forbidden, ...) */
+	uint8_t psc_id[PSC_PEER_ID_LEN];
+	char info[256];  /* NUL-terminated text from the KMS */
+} psc_peer_outcome;
+
+typedef struct psc_peer_init_options {
+	const uint8_t *join_psc;                     /* 16 bytes, or NULL */
+	const psc_peer_establish_params *establish;  /* or NULL */
+} psc_peer_init_options;
+
+typedef struct psc_peer_init_result {
+	uint64_t kms_time;     /* KMS clock (ms since the epoch) */
+	int64_t clock_skew_ms; /* kms_time minus our clock at the answer */
+	uint16_t suite;
+	uint8_t wrap_alg;
+	psc_peer_outcome join;
+	psc_peer_outcome establish;
+	size_t n_memberships;  /* PSCs whose material came with the answer */
+} psc_peer_init_result;
+
+typedef struct psc_peer_lookup_result {
+	uint8_t psc_id[PSC_PEER_ID_LEN];
+	uint8_t owner[PSC_PEER_ID_LEN];
+	uint32_t member_count;
+} psc_peer_lookup_result;
+
+typedef enum psc_peer_invite_outcome {
+	PSC_PEER_INVITE_ACCEPTED = 1,
+	PSC_PEER_INVITE_DECLINED = 2,
+	PSC_PEER_INVITE_TIMEOUT = 3,
+	PSC_PEER_INVITE_UNREACHABLE = 4,
+} psc_peer_invite_outcome;
+
+typedef enum psc_peer_departure_outcome {
+	PSC_PEER_DEPARTURE_ALIVE = 1,   /* the suspect answered: nothing changed */
+	PSC_PEER_DEPARTURE_EVICTED = 2, /* it did not: evicted, PSC rekeyed */
+} psc_peer_departure_outcome;
+
+typedef struct psc_peer_catchup_result {
+	size_t updated;    /* PSCs with a newer epoch applied */
+	size_t current;    /* already current */
+	size_t gone;       /* destroyed or no longer a member: forgotten */
+	size_t failed;     /* material that did not unwrap (reported via on_error) */
+} psc_peer_catchup_result;
+
+/* The last ErrorResponse the KMS sent this peer (docs/protocol.md §8). */
+typedef struct psc_peer_kms_error {
+	uint16_t error_code;  /* RELOAD error code; 0 = none yet */
+	uint16_t psc_reason;  /* PSC reason, 0 = none */
+	const char *code_name;   /* "Forbidden" */
+	const char *reason_name; /* "policy_denied", or "" */
+	char text[PSC_PEER_TEXT_MAX + 1]; /* NUL-terminated; control characters replaced */
+} psc_peer_kms_error;
+
+/* A PSC this peer is a member of. */
+typedef struct psc_peer_psc_info {
+	uint8_t psc_id[PSC_PEER_ID_LEN];
+	char name[PSC_PEER_NAME_MAX + 1];
+	uint8_t owner[PSC_PEER_ID_LEN];
+	uint64_t epoch;          /* current epoch held */
+	uint64_t previous_epoch; /* 0 unless the previous epoch is still in its grace period */
+	uint16_t suite;
+	int sender_signatures;
+	uint32_t grace_ms;       /* of the current epoch */
+	size_t n_members;        /* known member list (may be 0 if never sent in full) */
+	int is_owner;
+} psc_peer_psc_info;
+
+typedef struct psc_peer_member {
+	uint8_t node_id[PSC_PEER_ID_LEN];
+	char endpoint[PSC_PEER_ENDPOINT_MAX + 1];
+} psc_peer_member;
+
+/* --- lifetime ---------------------------------------------------------- */
+
+/*
+ * Loads the certificate (its Node-ID must be bound to cfg->overlay), the key
+ * (must match the certificate), the KMS certificate and CURVE key, and connects
+ * the DEALER (ZeroMQ connects lazily: nothing is sent until a request).
+ * *out is NULL on failure. Strings in cfg are copied.
+ */
+psc_rc psc_peer_new(psc_peer **out, const psc_peer_config *cfg, psc_err *err) PSC_WUR;
+
+/* Closes the connection, wipes every epoch secret and the private key, frees,
+ * and sets *p to NULL. NULL-safe. */
+void psc_peer_free(psc_peer **p);
+
+/* --- requests (blocking; see the top of this file) --------------------- */
+
+/* Registers with the KMS; optionally joins and/or establishes a PSC in the
+ * same round trip. Must succeed before any other request. res may be NULL. */
+psc_rc psc_peer_initialize(psc_peer *p, const psc_peer_init_options *opts,
+			   psc_peer_init_result *res, psc_err *err) PSC_WUR;
+
+/* Creates a PSC owned by this peer. psc_id_out receives the new PSC ID;
+ * epoch_out (nullable) epoch 1; n_pending (nullable) how many named members have
+ * not initialised yet. */
+psc_rc psc_peer_establish(psc_peer *p, const psc_peer_establish_params *params,
+			  uint8_t psc_id_out[PSC_PEER_ID_LEN], uint64_t *epoch_out,
+			  size_t *n_pending, psc_err *err) PSC_WUR;
+
+/* Joins a PSC (the KMS may ask its owner). epoch_out (nullable): the new epoch. */
+psc_rc psc_peer_join(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN], uint64_t *epoch_out,
+		     psc_err *err) PSC_WUR;
+
+/* PSC ID by name; answered only where policy would let this peer join
+ * (otherwise PSC_E_PEER_NOT_FOUND, indistinguishable from no such PSC). */
+psc_rc psc_peer_lookup(psc_peer *p, const char *name, psc_peer_lookup_result *out,
+		       psc_err *err) PSC_WUR;
+
+/* Owner: invite another registered peer. PSC_OK with the invitee's decision in
+ * *outcome; *epoch_out (nullable) the new epoch when accepted, else 0. */
+psc_rc psc_peer_invite(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN],
+		       const uint8_t invitee[PSC_PEER_ID_LEN], psc_peer_invite_outcome *outcome,
+		       uint64_t *epoch_out, psc_err *err) PSC_WUR;
+
+/* Leaves a PSC (the owner of a PSC with other members must destroy it). On
+ * success the PSC's epochs are wiped. */
+psc_rc psc_peer_leave(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN], psc_err *err) PSC_WUR;
+
+/* Reports that `suspect` seems gone; the KMS checks its liveness. */
+psc_rc psc_peer_report_departure(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN],
+				 const uint8_t suspect[PSC_PEER_ID_LEN],
+				 psc_peer_departure_outcome *outcome, psc_err *err) PSC_WUR;
+
+/* Owner: destroys a PSC. On success its epochs are wiped here too. */
+psc_rc psc_peer_destroy(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN], psc_err *err)
+	PSC_WUR;
+
+/* Asks the KMS for the current epoch of every PSC held (and of PSCs we were
+ * added to meanwhile) and applies the answer. res may be NULL. */
+psc_rc psc_peer_catchup(psc_peer *p, psc_peer_catchup_result *res, psc_err *err) PSC_WUR;
+
+/* Recreates the connection, re-Initializes (same endpoint, no join/establish)
+ * and catches up. Use after a KMS restart or a network change. */
+psc_rc psc_peer_reconnect(psc_peer *p, psc_err *err) PSC_WUR;
+
+/* --- event loop -------------------------------------------------------- */
+
+/* The DEALER's ZMQ_FD (edge-triggered readability; see above). -1 on error. */
+int psc_peer_fd(const psc_peer *p);
+
+/*
+ * Handles everything pending: KMS requests (answered, callbacks run), late
+ * answers (dropped), grace-period expiry, connection events. Waits up to
+ * timeout_ms (0 = do not wait, -1 = until something arrives) for the first
+ * message. Returns the number of messages handled (>= 0) or a negative psc_rc.
+ */
+int psc_peer_process(psc_peer *p, int timeout_ms);
+
+/* Milliseconds until psc_peer_process() must run again for a timer (grace
+ * expiry), or -1 if there is none. */
+int psc_peer_next_timeout_ms(const psc_peer *p);
+
+/* --- state ------------------------------------------------------------- */
+
+/* This peer's Node-ID (from its certificate). */
+void psc_peer_node_id(const psc_peer *p, uint8_t out[PSC_PEER_ID_LEN]);
+/* 1 after a successful Initialize (until the connection is recreated). */
+int psc_peer_is_initialized(const psc_peer *p);
+
+size_t psc_peer_psc_count(const psc_peer *p);
+/* i-th PSC held (0 <= i < count; order is stable until the set changes). */
+psc_rc psc_peer_psc_at(const psc_peer *p, size_t i, psc_peer_psc_info *out) PSC_WUR;
+/* PSC by ID; PSC_E_PEER_UNKNOWN_PSC if not held. */
+psc_rc psc_peer_psc_get(const psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN],
+			psc_peer_psc_info *out) PSC_WUR;
+/* i-th member (with its data endpoint) of a PSC held. */
+psc_rc psc_peer_psc_member(const psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN], size_t i,
+			   psc_peer_member *out) PSC_WUR;
+
+/* The last ErrorResponse received (error_code 0 if none). */
+void psc_peer_last_kms_error(const psc_peer *p, psc_peer_kms_error *out);
+
+/* Lower-case hex of a 16-byte ID into out (33 bytes, NUL-terminated). */
+void psc_peer_id_hex(const uint8_t id[PSC_PEER_ID_LEN], char out[33]);
+/* Parses 32 hex digits. */
+psc_rc psc_peer_id_parse(const char *hex, uint8_t out[PSC_PEER_ID_LEN]) PSC_WUR;
+/* "timer", "join", ... */
+const char *psc_peer_reason_name(psc_peer_reason r);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
