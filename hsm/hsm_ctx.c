@@ -556,7 +556,10 @@ static psc_rc get_key(hsm_ctx *ctx, const char *label, EVP_PKEY **cache, EVP_PKE
 					 "check that the token is present and the PIN is right",
 					 ctx->label);
 		}
-		for (unsigned i = 0; rc == PSC_OK && i < n && !*cache; i++)
+		/* libp11 0.4.12 keeps every key object it has ever seen in its list
+		 * and appends new ones: after a forced ceremony the deleted old key
+		 * is still listed, so the newest (last) match is the live one. */
+		for (unsigned i = n; rc == PSC_OK && i-- > 0 && !*cache;)
 			if (keys[i].isPrivate && keys[i].label &&
 			    strcmp(keys[i].label, label) == 0)
 				*cache = PKCS11_get_private_key(&keys[i]);
