@@ -14,6 +14,8 @@
 
 #include "pol_internal.h"
 
+#define POL_NOW_MAX ((int64_t)1 << 40)
+
 /* ---- explain buffer --------------------------------------------------------- */
 
 static void ex_printf(pol_explain *ex, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -592,6 +594,11 @@ psc_rc pol_decide(const pol_policy *pol, const pol_state *state, const pol_reque
 			ex->buf[0] = '\0';
 		if (ex->hits)
 			memset(ex->hits, 0, ex->hits_len);
+	}
+	/* Keeps now +- offsets and windows far from int64 overflow (34,000 years). */
+	if (req->now > POL_NOW_MAX || req->now < -POL_NOW_MAX) {
+		ex_printf(ex, "request is malformed: now is out of range\ndecision: deny\n");
+		return PSC_E_POLICY_REQUEST;
 	}
 	if ((req->action != POL_ACT_INITIALIZE && !req->psc) ||
 	    (req->action == POL_ACT_INVITE && !req->invitee) ||

@@ -110,7 +110,8 @@ void pol_state_record(pol_state *st, const uint8_t node_id[PSC_NODE_ID_LEN], pol
 uint32_t pol_state_count(const pol_state *st, const uint8_t node_id[PSC_NODE_ID_LEN],
 			 pol_action a, int64_t now, int64_t window)
 {
-	if (!st || !node_id || (unsigned)a >= POL_ACT_COUNT)
+	if (!st || !node_id || (unsigned)a >= POL_ACT_COUNT || window <= 0 ||
+	    window > ((int64_t)1 << 40) || now > ((int64_t)1 << 40) || now < -((int64_t)1 << 40))
 		return 0;
 	const struct entry *e = find(st, node_id, a);
 	if (!e)

@@ -275,6 +275,11 @@ static void owner_members_invitee_conditions(void **state)
 	q.action = POL_ACT_COUNT;
 	assert_int_equal(pol_decide(pol, NULL, &q, &d, NULL), PSC_E_INVALID_ARG);
 	assert_int_equal(d.outcome, POL_DENY);
+	q.action = POL_ACT_DESTROY;
+	q.now = INT64_MAX;
+	assert_int_equal(pol_decide(pol, NULL, &q, &d, NULL), PSC_E_POLICY_REQUEST);
+	assert_int_equal(d.outcome, POL_DENY);
+	q.now = 0;
 	q.action = POL_ACT_JOIN;
 	q.psc = NULL;
 	assert_int_equal(pol_decide(pol, NULL, &q, &d, NULL), PSC_E_POLICY_REQUEST);
