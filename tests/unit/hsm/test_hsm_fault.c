@@ -1,0 +1,261 @@
+/*
+ * Recovery from HSM faults, with tests/p11fault (a PKCS#11 module that forwards
+ * to SoftHSM and fails calls on command): a session invalidated under us, the
+ * device removed and back, the token absent. Operations must fail fast with
+ * PSC_E_HSM_DOWN, hsm_healthy() must say so, and the same hsm_ctx must recover
+ * without a restart.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hsm_test_util.h"
+#include "proto_keywrap.h"
+
+#ifndef P11FAULT_PATH
+#error "P11FAULT_PATH must name the fault-injecting module"
+#endif
+
+#define RETRY_MS 200 /* th_open's retry interval */
+
+static const uint8_t PSC_ID[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+
+typedef struct fx {
+	th_env e;
+	char dir[4096];
+	char ctl[4200];
+} fx;
+
+static void ctl_write(fx *f, const char *text)
+{
+	char tmp[4300];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", f->ctl);
+	FILE *fp = fopen(tmp, "w");
+	assert_non_null(fp);
+	fputs(text, fp);
+	fclose(fp);
+	assert_int_equal(rename(tmp, f->ctl), 0);
+}
+
+static int setup(void **state)
+{
+	fx *f = calloc(1, sizeof(*f));
+	if (!f || pt_tmpdir(f->dir, "p11fault") != 0)
+		return -1;
+	snprintf(f->ctl, sizeof(f->ctl), "%s/ctl", f->dir);
+	setenv("P11FAULT_CTL", f->ctl, 1);
+	ctl_write(f, "");
+	if (th_open(&f->e, "psc", P11FAULT_PATH, 2) != 0)
+		return -1;
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	fx *f = *state;
+	ctl_write(f, "");
+	th_close(&f->e);
+	pt_rm_rf(f->dir);
+	free(f);
+	return 0;
+}
+
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+/* Wraps k for peer1 and unwraps it in OpenSSL. */
+static psc_rc peer1_secret(fx *f, hsm_session *s, const hsm_key *k, uint8_t out[32],
+			   psc_err *err)
+{
+	hsm_eph *eph = NULL;
+	psc_rc rc = hsm_eph_new(s, &eph, err);
+	if (rc != PSC_OK)
+		return rc;
+	EVP_PKEY *pub = th_cert_pub("peer1"), *priv = th_priv("peer1");
+	uint8_t nid[16], w[64], alg;
+	size_t wl;
+	assert_int_equal(pt_ca_nodeid("peer1", nid), 0);
+	rc = hsm_wrap_for_member(s, k, eph, pub, PSC_ID, 1, nid, &alg, w, sizeof(w), &wl, err);
+	if (rc == PSC_OK)
+		assert_int_equal(proto_keywrap_unwrap(priv, alg, PSC_ID, 1, nid,
+						      hsm_eph_public(eph), 65, w, wl, out, err),
+				 PSC_OK);
+	hsm_eph_free(&eph);
+	EVP_PKEY_free(pub);
+	EVP_PKEY_free(priv);
+	(void)f;
+	return rc;
+}
+
+static int sign_ok(hsm_ctx *ctx)
+{
+	EVP_PKEY *k = NULL;
+	psc_err err;
+	if (hsm_identity_key(ctx, &k, &err) != PSC_OK)
+		return 0;
+	uint8_t sig[128];
+	size_t sl = sizeof(sig);
+	EVP_MD_CTX *m = EVP_MD_CTX_new();
+	int ok = EVP_DigestSignInit(m, NULL, EVP_sha256(), NULL, k) == 1 &&
+		 EVP_DigestSign(m, sig, &sl, (const uint8_t *)"x", 1) == 1;
+	EVP_MD_CTX_free(m);
+	EVP_PKEY_free(k);
+	return ok;
+}
+
+static void healthy_path_through_the_fault_module(void **state)
+{
+	fx *f = *state;
+	psc_err err = {0};
+	hsm_key k;
+	uint8_t blob[HSM_EPOCH_BLOB_LEN], s1[32];
+	assert_true(hsm_healthy(f->e.ctx));
+	assert_int_equal(hsm_epoch_generate(f->e.s, &k, blob, &err), PSC_OK);
+	assert_int_equal(peer1_secret(f, f->e.s, &k, s1, &err), PSC_OK);
+	assert_true(sign_ok(f->e.ctx));
+	/* A non-transient failure is reported as such and does not flip health. */
+	ctl_write(f, "fail C_GenerateRandom CKR_FUNCTION_FAILED\n");
+	uint8_t r[8];
+	assert_int_equal(hsm_random(f->e.s, r, sizeof(r), &err), PSC_E_HSM_P11);
+	assert_true(th_has(err.detail, "C_GenerateRandom failed"));
+	assert_true(th_has(err.detail, "CKR_FUNCTION_FAILED"));
+	assert_true(hsm_healthy(f->e.ctx));
+	ctl_write(f, "");
+	assert_int_equal(hsm_random(f->e.s, r, sizeof(r), &err), PSC_OK);
+	assert_int_equal(hsm_key_destroy(f->e.s, &k, &err), PSC_OK);
+}
+
+static void session_invalidated_reopens_without_restart(void **state)
+{
+	fx *f = *state;
+	psc_err err = {0};
+	hsm_key k;
+	uint8_t blob[HSM_EPOCH_BLOB_LEN], before[32], after[32], r[16];
+	assert_int_equal(hsm_epoch_generate(f->e.s, &k, blob, &err), PSC_OK);
+	assert_int_equal(peer1_secret(f, f->e.s, &k, before, &err), PSC_OK);
+
+	ctl_write(f, "invalidate 1\n");
+	assert_int_equal(hsm_random(f->e.s, r, sizeof(r), &err), PSC_E_HSM_DOWN);
+	assert_true(th_has(err.detail, "CKR_SESSION_HANDLE_INVALID"));
+	assert_true(th_has(err.detail, "C_GenerateRandom"));
+	assert_false(hsm_healthy(f->e.ctx));
+
+	/* The next call reconnects at once (sessions reopened, login redone). */
+	if (hsm_random(f->e.s, r, sizeof(r), &err) != PSC_OK)
+		fail_msg("no recovery: %s", psc_err_text(&err));
+	assert_true(hsm_healthy(f->e.ctx));
+	/* Session objects died with their session: say so, reload from the blob. */
+	assert_int_equal(peer1_secret(f, f->e.s, &k, after, &err), PSC_E_HSM_STALE_KEY);
+	assert_true(th_has(err.detail, "load it again from its blob"));
+	hsm_key k2;
+	assert_int_equal(hsm_epoch_load(f->e.s, blob, sizeof(blob), &k2, &err), PSC_OK);
+	assert_int_equal(peer1_secret(f, f->e.s, &k2, after, &err), PSC_OK);
+	assert_memory_equal(before, after, 32);
+	/* The other worker's session is reopened lazily by its own next call. */
+	hsm_session *w1;
+	assert_int_equal(hsm_session_get(f->e.ctx, 1, &w1, &err), PSC_OK);
+	assert_int_equal(hsm_epoch_generate(w1, &k, blob, &err), PSC_OK);
+	assert_int_equal(hsm_key_destroy(w1, &k, &err), PSC_OK);
+	assert_int_equal(hsm_key_destroy(f->e.s, &k2, &err), PSC_OK);
+}
+
+static void device_removed_fails_fast_and_comes_back(void **state)
+{
+	fx *f = *state;
+	psc_err err = {0};
+	hsm_key k;
+	uint8_t blob[HSM_EPOCH_BLOB_LEN], before[32], after[32];
+	assert_int_equal(hsm_epoch_generate(f->e.s, &k, blob, &err), PSC_OK);
+	assert_int_equal(peer1_secret(f, f->e.s, &k, before, &err), PSC_OK);
+
+	ctl_write(f, "fail * CKR_DEVICE_REMOVED\n");
+	assert_int_equal(hsm_epoch_generate(f->e.s, &k, blob, &err), PSC_E_HSM_DOWN);
+	assert_true(th_has(err.detail, "CKR_DEVICE_REMOVED"));
+	assert_true(th_has(err.detail, "check the device"));
+	assert_false(hsm_healthy(f->e.ctx));
+	/* First retry is immediate and fails; then calls fail fast. */
+	assert_int_equal(hsm_epoch_load(f->e.s, blob, sizeof(blob), &k, &err), PSC_E_HSM_DOWN);
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < 100; i++) {
+		assert_int_equal(hsm_epoch_load(f->e.s, blob, sizeof(blob), &k, &err),
+				 PSC_E_HSM_DOWN);
+		assert_true(th_has(err.detail, "next reconnection try"));
+	}
+	assert_true(ms_since(&t0) < 50.0); /* 100 calls, no token round trips */
+	assert_false(hsm_healthy(f->e.ctx));
+	/* Signing keys are refused while down, rather than hanging in libp11. */
+	EVP_PKEY *idk = NULL;
+	assert_int_equal(hsm_identity_key(f->e.ctx, &idk, &err), PSC_E_HSM_DOWN);
+
+	ctl_write(f, "invalidate 1\n"); /* back, with fresh (empty) session state */
+	usleep((RETRY_MS + 50) * 1000);
+	if (hsm_epoch_load(f->e.s, blob, sizeof(blob), &k, &err) != PSC_OK)
+		fail_msg("no recovery: %s", psc_err_text(&err));
+	assert_true(hsm_healthy(f->e.ctx));
+	assert_int_equal(peer1_secret(f, f->e.s, &k, after, &err), PSC_OK);
+	assert_memory_equal(before, after, 32);
+	assert_int_equal(hsm_key_destroy(f->e.s, &k, &err), PSC_OK);
+}
+
+static void token_absent_then_present(void **state)
+{
+	fx *f = *state;
+	psc_err err = {0};
+	hsm_key k;
+	uint8_t blob[HSM_EPOCH_BLOB_LEN], before[32], after[32];
+	assert_int_equal(hsm_epoch_generate(f->e.s, &k, blob, &err), PSC_OK);
+	assert_int_equal(peer1_secret(f, f->e.s, &k, before, &err), PSC_OK);
+
+	ctl_write(f, "absent\n");
+	hsm_eph *eph = NULL;
+	assert_int_equal(hsm_eph_new(f->e.s, &eph, &err), PSC_E_HSM_DOWN);
+	assert_null(eph);
+	assert_false(hsm_healthy(f->e.ctx));
+	/* The immediate retry finds no token and says so. */
+	assert_int_equal(hsm_eph_new(f->e.s, &eph, &err), PSC_E_HSM_DOWN);
+	assert_true(th_has(err.detail, "token 'psc' is not present"));
+	usleep((RETRY_MS + 50) * 1000);
+	assert_int_equal(hsm_eph_new(f->e.s, &eph, &err), PSC_E_HSM_DOWN);
+	assert_false(hsm_healthy(f->e.ctx));
+
+	ctl_write(f, "");
+	usleep((RETRY_MS + 50) * 1000);
+	/* Every session was closed underneath, so this needs a fresh login too. */
+	if (hsm_epoch_load(f->e.s, blob, sizeof(blob), &k, &err) != PSC_OK)
+		fail_msg("no recovery: %s", psc_err_text(&err));
+	assert_true(hsm_healthy(f->e.ctx));
+	assert_int_equal(peer1_secret(f, f->e.s, &k, after, &err), PSC_OK);
+	assert_memory_equal(before, after, 32);
+	assert_int_equal(hsm_key_destroy(f->e.s, &k, &err), PSC_OK);
+	/* A new epoch secret (a private object: needs the login back). */
+	assert_int_equal(hsm_epoch_generate(f->e.s, &k, blob, &err), PSC_OK);
+	assert_int_equal(hsm_key_destroy(f->e.s, &k, &err), PSC_OK);
+	fprintf(stderr, "libp11 signing after token came back: %s\n",
+		sign_ok(f->e.ctx) ? "works" : "FAILS");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(healthy_path_through_the_fault_module, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(session_invalidated_reopens_without_restart, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(device_removed_fails_fast_and_comes_back, setup,
+						teardown),
+		cmocka_unit_test_setup_teardown(token_absent_then_present, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
