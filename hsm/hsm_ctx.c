@@ -227,6 +227,10 @@ static psc_rc ctx_recover(hsm_ctx *ctx, psc_err *err)
 		if (rc == PSC_OK)
 			rc = hsm_kek_find_locked(ctx, had_kek, err);
 		if (rc == PSC_OK) {
+			/* libp11 keeps a pool of its own sessions, now dead too; reopening
+			 * in the same (read-only) mode makes it forget them without
+			 * C_CloseAllSessions, and it opens fresh ones on demand. */
+			(void)PKCS11_open_session(ctx->slot, 0);
 			atomic_fetch_add(&ctx->gen, 1);
 			atomic_store(&ctx->healthy, true);
 		} else {
@@ -546,6 +550,15 @@ static psc_rc get_key(hsm_ctx *ctx, const char *label, EVP_PKEY **cache, EVP_PKE
 				   ctx->label, label);
 	pthread_mutex_lock(&ctx->lock);
 	psc_rc rc = PSC_OK;
+	/* After a recovery the token may have renumbered its objects (SoftHSM does
+	 * when the login is lost), so libp11's key handles are stale: look again.
+	 * libp11 appends the re-found keys and never frees the old entries, so
+	 * EVP_PKEYs handed out before stay valid memory (they just fail to sign). */
+	unsigned g = atomic_load(&ctx->gen);
+	if (ctx->keys_gen != g) {
+		hsm_keys_forget_locked(ctx);
+		ctx->keys_gen = g;
+	}
 	if (!*cache) {
 		PKCS11_KEY *keys = NULL;
 		unsigned n = 0;

@@ -44,6 +44,7 @@ struct hsm_ctx {
 	CK_SESSION_HANDLE ctl;
 	bool ctl_open;
 	EVP_PKEY *identity, *audit; /* cached libp11 keys, under lock */
+	unsigned keys_gen;	    /* ctx generation the cached keys belong to */
 
 	_Atomic CK_SLOT_ID slot_id;
 	atomic_bool healthy;
