@@ -65,9 +65,19 @@ static psc_rc check_bytes(psc_err *err, kms_cmd_type t, const char *field, proto
 	return PSC_OK;
 }
 
+/* The store keeps integers in SQLite's signed 64-bit columns; 2^63 ms is 292
+ * million years and 2^63 epochs are never reached, so the top bit is refused
+ * rather than stored with a changed meaning. */
+static psc_rc check_u63(psc_err *err, kms_cmd_type t, const char *field, uint64_t v)
+{
+	return v > KMS_CMD_U64_MAX ? bad(err, t, field, "must be below 2^63") : PSC_OK;
+}
+
 static psc_rc check_epoch(psc_err *err, kms_cmd_type t, uint64_t epoch)
 {
-	return epoch == 0 ? bad(err, t, "epoch", "must be at least 1") : PSC_OK;
+	if (epoch == 0)
+		return bad(err, t, "epoch", "must be at least 1");
+	return check_u63(err, t, "epoch", epoch);
 }
 
 #define CHECK(x)                                                                           \
@@ -94,7 +104,7 @@ static psc_rc validate_peer_upsert(const kms_cmd_peer_upsert *c, psc_err *err)
 	for (size_t i = 0; i < c->n_suites; i++)
 		if (c->suites[i] == 0)
 			return bad(err, t, "suites", "suite id 0 is not allowed");
-	return PSC_OK;
+	return check_u63(err, t, "now_ms", c->now_ms);
 }
 
 static psc_rc validate_psc_create(const kms_cmd_psc_create *c, psc_err *err)
@@ -118,7 +128,7 @@ static psc_rc validate_psc_create(const kms_cmd_psc_create *c, psc_err *err)
 		return bad(err, t, "flags", "unknown flag bits");
 	if (c->suite == 0)
 		return bad(err, t, "suite", "must not be 0");
-	return PSC_OK;
+	return check_u63(err, t, "now_ms", c->now_ms);
 }
 
 psc_rc kms_cmd_validate(const kms_cmd *cmd, psc_err *err)
@@ -129,14 +139,18 @@ psc_rc kms_cmd_validate(const kms_cmd *cmd, psc_err *err)
 	case KMS_CMD_PEER_UPSERT:
 		return validate_peer_upsert(&cmd->peer_upsert, err);
 	case KMS_CMD_PEER_BAN:
+		return check_u63(err, cmd->type, "now_ms", cmd->peer_ban.now_ms);
 	case KMS_CMD_MEMBER_ADD:
+		return check_u63(err, cmd->type, "now_ms", cmd->member_add.now_ms);
 	case KMS_CMD_MEMBER_REMOVE:
-	case KMS_CMD_PSC_DESTROY:
 		return PSC_OK;
+	case KMS_CMD_PSC_DESTROY:
+		return check_u63(err, cmd->type, "now_ms", cmd->psc_destroy.now_ms);
 	case KMS_CMD_PSC_CREATE:
 		return validate_psc_create(&cmd->psc_create, err);
 	case KMS_CMD_EPOCH_NEW:
 		CHECK(check_epoch(err, cmd->type, cmd->epoch_new.epoch));
+		CHECK(check_u63(err, cmd->type, "now_ms", cmd->epoch_new.now_ms));
 		CHECK(check_bytes(err, cmd->type, "kek_id", cmd->epoch_new.kek_id, 1,
 				  KMS_KEK_ID_MAX, true));
 		return check_bytes(err, cmd->type, "wrapped", cmd->epoch_new.wrapped, 1,

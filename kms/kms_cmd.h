@@ -45,7 +45,10 @@
 #define KMS_LABEL_VALUE_MAX PSC_MAX_LABEL_VALUE
 #define KMS_KEK_ID_MAX 64                /* master KEK id, text, >= 1 byte */
 #define KMS_WRAPPED_MAX 1024             /* epoch secret wrapped under the KEK */
-#define KMS_CMD_MAX (KMS_CERT_DER_MAX + 8192) /* one encoded command */
+#define KMS_CMD_MAX (KMS_CERT_DER_MAX + 16384) /* one encoded command */
+/* Epochs and timestamps are uint64 on the wire but stored in SQLite's signed
+ * integers: commands carrying a larger value are refused (PSC_E_KMS_CMD_FIELD). */
+#define KMS_CMD_U64_MAX ((uint64_t)INT64_MAX)
 
 /* Flags a PSC may carry (kms_cmd_psc_create.flags); others are rejected. */
 #define KMS_PSC_FLAG_SENDER_SIGNATURES PSC_FLAG_SENDER_SIGNATURES
