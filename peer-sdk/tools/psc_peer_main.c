@@ -1,0 +1,652 @@
+/*
+ * psc-peer — run one PSC flow against a psc-kms KMS from the command line,
+ * with libpscpeer. Each run registers (Initialize), performs its command,
+ * optionally keeps answering the KMS for --wait seconds, and exits.
+ *
+ * Commands live in one table (name, arguments, handler) so later ones
+ * (interactive mode, group messaging) slot in without touching the others.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "psc/peer.h"
+
+/* Exit codes (documented in --help). */
+enum {
+	EX_OK = 0,        /* done; for invite/report the outcome is printed */
+	EX_REFUSED = 1,   /* the KMS refused (ErrorResponse) */
+	EX_USAGE = 2,     /* bad command line */
+	EX_CONFIG = 3,    /* certificate, key, KMS certificate or CURVE key unusable */
+	EX_UNREACH = 4,   /* KMS did not answer in time / transport failure */
+	EX_FAIL = 5,      /* anything else (malformed answer, key does not unwrap, ...) */
+};
+
+#define MAX_LIST 64
+
+typedef struct opts {
+	const char *kms, *kms_cert, *kms_curve, *cert, *key, *overlay, *endpoint;
+	int timeout_ms;
+	int wait_s;
+	int accept_queries, accept_invites, quiet;
+	const char *join;          /* init --join */
+	const char *establish;     /* init --establish NAME */
+	psc_peer_label labels[MAX_LIST];
+	size_t n_labels;
+	uint8_t members[MAX_LIST][PSC_PEER_ID_LEN];
+	size_t n_members;
+	uint32_t refresh_s, max_members;
+	int sender_sigs;
+} opts;
+
+typedef struct command {
+	const char *name;
+	const char *args;  /* for usage */
+	int min_args, max_args;
+	int (*run)(psc_peer *p, opts *o, char **argv, int argc);
+	const char *help;
+} command;
+
+/* The one global: a signal handler can reach nothing else. */
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	g_stop = 1;
+}
+
+static const char *hex(const uint8_t id[PSC_PEER_ID_LEN], char buf[33])
+{
+	psc_peer_id_hex(id, buf);
+	return buf;
+}
+
+static int exit_for(psc_rc rc)
+{
+	switch (rc) {
+	case PSC_OK:
+		return EX_OK;
+	case PSC_E_PEER_FORBIDDEN:
+	case PSC_E_PEER_NOT_FOUND:
+	case PSC_E_PEER_KMS_TIMEOUT:
+	case PSC_E_PEER_IN_PROGRESS:
+	case PSC_E_PEER_REJECTED:
+	case PSC_E_PEER_KMS_ERROR:
+		return EX_REFUSED;
+	case PSC_E_PEER_CONFIG:
+	case PSC_E_PEER_IDENTITY:
+	case PSC_E_PEER_CURVE:
+		return EX_CONFIG;
+	case PSC_E_PEER_TIMEOUT:
+	case PSC_E_PEER_TRANSPORT:
+		return EX_UNREACH;
+	default:
+		return EX_FAIL;
+	}
+}
+
+static int fail(const psc_err *err)
+{
+	fprintf(stderr, "psc-peer: %s\n", psc_err_text(err));
+	return exit_for(err->rc);
+}
+
+static int parse_id(const char *s, const char *what, uint8_t out[PSC_PEER_ID_LEN])
+{
+	if (psc_peer_id_parse(s, out) != PSC_OK) {
+		fprintf(stderr, "psc-peer: %s '%s' must be 32 hex digits\n", what, s);
+		return -1;
+	}
+	return 0;
+}
+
+/* --- callbacks: print what happens, decide as told ---------------------- */
+
+static void cb_epoch(void *user, const uint8_t id[PSC_PEER_ID_LEN], uint64_t epoch,
+		     psc_peer_reason reason)
+{
+	const opts *o = user;
+	char h[33];
+	if (!o->quiet)
+		printf("epoch  PSC %s now at epoch %" PRIu64 " (%s)\n", hex(id, h), epoch,
+		       psc_peer_reason_name(reason));
+}
+
+static void cb_gone(void *user, const uint8_t id[PSC_PEER_ID_LEN], uint64_t epoch,
+		    psc_peer_reason reason)
+{
+	(void)user;
+	char h[33];
+	printf("gone   PSC %s (%s at epoch %" PRIu64 "); its keys are wiped\n", hex(id, h),
+	       psc_peer_reason_name(reason), epoch);
+}
+
+static int cb_query(void *user, const psc_peer_query *q)
+{
+	const opts *o = user;
+	char h1[33], h2[33];
+	printf("query  %s (%s) asks to join PSC %s: %s\n", hex(q->requester, h1),
+	       q->requester_subject, hex(q->psc_id, h2), o->accept_queries ? "accepted" : "denied");
+	return o->accept_queries;
+}
+
+static int cb_invite(void *user, const psc_peer_invitation *inv)
+{
+	const opts *o = user;
+	char h1[33], h2[33];
+	printf("invite %s invites us to PSC %s '%s': %s\n", hex(inv->inviter, h1),
+	       hex(inv->psc_id, h2), inv->psc_name, o->accept_invites ? "accepted" : "declined");
+	return o->accept_invites;
+}
+
+static void cb_error(void *user, const psc_err *err)
+{
+	(void)user;
+	fprintf(stderr, "psc-peer: warning: %s\n", psc_err_text(err));
+}
+
+static void cb_reconnect(void *user)
+{
+	const opts *o = user;
+	if (!o->quiet)
+		printf("reconnected to the KMS (registered again, caught up)\n");
+}
+
+/* --- printing ------------------------------------------------------------ */
+
+static void print_pscs(const psc_peer *p)
+{
+	size_t n = psc_peer_psc_count(p);
+	if (n == 0) {
+		printf("no PSCs held\n");
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		psc_peer_psc_info in;
+		char h1[33], h2[33];
+		if (psc_peer_psc_at(p, i, &in) != PSC_OK)
+			continue;
+		printf("PSC %s '%s'\n  owner   %s%s\n  epoch   %" PRIu64, hex(in.psc_id, h1), in.name,
+		       hex(in.owner, h2), in.is_owner ? " (this peer)" : "", in.epoch);
+		if (in.previous_epoch)
+			printf(" (previous %" PRIu64 " valid for its grace period)", in.previous_epoch);
+		printf("\n  sender signatures %s\n  members %zu\n", in.sender_signatures ? "required" : "no",
+		       in.n_members);
+		for (size_t j = 0; j < in.n_members; j++) {
+			psc_peer_member m;
+			if (psc_peer_psc_member(p, in.psc_id, j, &m) == PSC_OK)
+				printf("    %s %s\n", hex(m.node_id, h1), m.endpoint[0] ? m.endpoint : "-");
+		}
+	}
+}
+
+/* --- commands ------------------------------------------------------------ */
+
+static psc_peer_establish_params establish_params(opts *o, const char *name)
+{
+	psc_peer_establish_params ep = {
+		.name = name, .labels = o->labels, .n_labels = o->n_labels,
+		.members = (const uint8_t(*)[PSC_PEER_ID_LEN])o->members,
+		.n_members = o->n_members, .refresh_s = o->refresh_s,
+		.max_members = o->max_members, .sender_signatures = o->sender_sigs,
+	};
+	return ep;
+}
+
+static void print_outcome(const char *what, const psc_peer_outcome *oc)
+{
+	char h[33];
+	if (!oc->requested)
+		return;
+	if (oc->status == 0)
+		printf("%s: ok, PSC %s\n", what, hex(oc->psc_id, h));
+	else
+		printf("%s: refused (RELOAD error %u)%s%s\n", what, oc->status,
+		       oc->info[0] ? ": " : "", oc->info);
+}
+
+/* `init` registers like every command (see main); this one may also join
+ * and/or establish in the same round trip, and prints what it holds. */
+static int cmd_init(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)o;
+	(void)argv;
+	(void)argc;
+	print_pscs(p);
+	return EX_OK;
+}
+
+static int cmd_establish(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)argc;
+	psc_peer_establish_params ep = establish_params(o, argv[0]);
+	uint8_t id[PSC_PEER_ID_LEN];
+	uint64_t epoch = 0;
+	size_t pending = 0;
+	psc_err err = {0};
+	if (psc_peer_establish(p, &ep, id, &epoch, &pending, &err) != PSC_OK)
+		return fail(&err);
+	char h[33];
+	printf("established PSC '%s'\n  id      %s\n  epoch   %" PRIu64 "\n  pending %zu member(s) "
+	       "not registered yet\n", argv[0], hex(id, h), epoch, pending);
+	return EX_OK;
+}
+
+static int cmd_join(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)o;
+	(void)argc;
+	uint8_t id[PSC_PEER_ID_LEN];
+	psc_err err = {0};
+	if (psc_peer_id_parse(argv[0], id) != PSC_OK) {
+		/* Not an ID: treat it as a name and look it up first. */
+		psc_peer_lookup_result lr;
+		if (psc_peer_lookup(p, argv[0], &lr, &err) != PSC_OK)
+			return fail(&err);
+		memcpy(id, lr.psc_id, PSC_PEER_ID_LEN);
+	}
+	uint64_t epoch = 0;
+	if (psc_peer_join(p, id, &epoch, &err) != PSC_OK)
+		return fail(&err);
+	char h[33];
+	printf("joined PSC %s at epoch %" PRIu64 "\n", hex(id, h), epoch);
+	return EX_OK;
+}
+
+static int cmd_lookup(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)o;
+	(void)argc;
+	psc_peer_lookup_result lr;
+	psc_err err = {0};
+	if (psc_peer_lookup(p, argv[0], &lr, &err) != PSC_OK)
+		return fail(&err);
+	char h1[33], h2[33];
+	printf("PSC '%s'\n  id      %s\n  owner   %s\n  members %" PRIu32 "\n", argv[0],
+	       hex(lr.psc_id, h1), hex(lr.owner, h2), lr.member_count);
+	return EX_OK;
+}
+
+static int cmd_invite(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)o;
+	(void)argc;
+	uint8_t id[PSC_PEER_ID_LEN], who[PSC_PEER_ID_LEN];
+	if (parse_id(argv[0], "PSC ID", id) || parse_id(argv[1], "Node-ID", who))
+		return EX_USAGE;
+	psc_peer_invite_outcome oc;
+	uint64_t epoch = 0;
+	psc_err err = {0};
+	if (psc_peer_invite(p, id, who, &oc, &epoch, &err) != PSC_OK)
+		return fail(&err);
+	static const char *const names[] = {"?", "accepted", "declined", "timed out",
+					    "unreachable"};
+	printf("invitation %s", oc >= 1 && oc <= 4 ? names[oc] : "?");
+	if (oc == PSC_PEER_INVITE_ACCEPTED)
+		printf(" (PSC now at epoch %" PRIu64 ")", epoch);
+	printf("\n");
+	return EX_OK;
+}
+
+static int cmd_leave(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)o;
+	(void)argc;
+	uint8_t id[PSC_PEER_ID_LEN];
+	psc_err err = {0};
+	if (parse_id(argv[0], "PSC ID", id))
+		return EX_USAGE;
+	if (psc_peer_leave(p, id, &err) != PSC_OK)
+		return fail(&err);
+	printf("left PSC %s\n", argv[0]);
+	return EX_OK;
+}
+
+static int cmd_report(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)o;
+	(void)argc;
+	uint8_t id[PSC_PEER_ID_LEN], who[PSC_PEER_ID_LEN];
+	if (parse_id(argv[0], "PSC ID", id) || parse_id(argv[1], "Node-ID", who))
+		return EX_USAGE;
+	psc_peer_departure_outcome oc;
+	psc_err err = {0};
+	if (psc_peer_report_departure(p, id, who, &oc, &err) != PSC_OK)
+		return fail(&err);
+	printf("%s\n", oc == PSC_PEER_DEPARTURE_ALIVE ? "suspect is alive; nothing changed"
+		       : oc == PSC_PEER_DEPARTURE_EVICTED ? "suspect did not answer: evicted, PSC rekeyed"
+							  : "unknown outcome");
+	return EX_OK;
+}
+
+static int cmd_destroy(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)o;
+	(void)argc;
+	uint8_t id[PSC_PEER_ID_LEN];
+	psc_err err = {0};
+	if (parse_id(argv[0], "PSC ID", id))
+		return EX_USAGE;
+	if (psc_peer_destroy(p, id, &err) != PSC_OK)
+		return fail(&err);
+	printf("destroyed PSC %s\n", argv[0]);
+	return EX_OK;
+}
+
+static int cmd_catchup(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)o;
+	(void)argv;
+	(void)argc;
+	psc_peer_catchup_result r;
+	psc_err err = {0};
+	if (psc_peer_catchup(p, &r, &err) != PSC_OK)
+		return fail(&err);
+	printf("catch-up: %zu updated, %zu current, %zu gone, %zu failed\n", r.updated, r.current,
+	       r.gone, r.failed);
+	print_pscs(p);
+	return r.failed ? EX_FAIL : EX_OK;
+}
+
+static const command commands[] = {
+	{"init", "", 0, 0, cmd_init,
+	 "Register with the KMS (optionally --join ID and/or --establish NAME in the\n"
+	 "                same round trip) and list the PSCs held."},
+	{"establish", "NAME", 1, 1, cmd_establish,
+	 "Create a PSC owned by this peer (--label, --member, --refresh,\n"
+	 "                --max-members, --sender-signatures)."},
+	{"join", "PSC-ID|NAME", 1, 1, cmd_join,
+	 "Join a PSC (a NAME is looked up first); the KMS may ask its owner."},
+	{"lookup", "NAME", 1, 1, cmd_lookup, "PSC ID, owner and member count of a PSC by name."},
+	{"invite", "PSC-ID NODE-ID", 2, 2, cmd_invite,
+	 "Owner: invite a registered peer; prints its decision."},
+	{"leave", "PSC-ID", 1, 1, cmd_leave, "Leave a PSC (an owner destroys instead)."},
+	{"report", "PSC-ID NODE-ID", 2, 2, cmd_report,
+	 "Report a member as departed; the KMS checks its liveness."},
+	{"destroy", "PSC-ID", 1, 1, cmd_destroy, "Owner: destroy a PSC."},
+	{"catchup", "", 0, 0, cmd_catchup, "Fetch the current epoch of every PSC held."},
+};
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"NAME\n"
+		"    psc-peer - run PSC (RELOAD Public Security Channel) flows against psc-kms\n\n"
+		"SYNOPSIS\n"
+		"    psc-peer COMMAND [ARGS] --kms tcp://HOST:PORT --kms-cert PEM [--kms-curve KEY]\n"
+		"             --cert PEM --key PEM --overlay NAME [OPTIONS]\n\n"
+		"DESCRIPTION\n"
+		"    Registers this peer with the KMS (Initialize), runs COMMAND, and exits.\n"
+		"    Every KMS message must be signed by the --kms-cert key; Refreshes,\n"
+		"    Queries, Invites and Liveness checks that arrive meanwhile are handled.\n\n"
+		"COMMANDS\n");
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		fprintf(f, "    %s %s\n        %s\n", commands[i].name, commands[i].args,
+			commands[i].help);
+	fprintf(f,
+		"\nCONNECTION AND IDENTITY\n"
+		"    --kms ENDPOINT      KMS ROUTER endpoint, e.g. tcp://kms.example:7400\n"
+		"    --kms-cert PEM      KMS certificate; every KMS message must verify with it\n"
+		"    --kms-curve KEY     KMS CURVE public key: 40 Z85 characters or a file holding\n"
+		"                        them. Without it the connection is plain TCP (tests only).\n"
+		"    --cert PEM          this peer's certificate (binds its Node-ID to --overlay)\n"
+		"    --key PEM           this peer's private key (EC P-256 or RSA, unencrypted)\n"
+		"    --overlay NAME      overlay name\n"
+		"    --endpoint URL      data endpoint advertised to other members\n"
+		"    --timeout MS        per-request timeout (default %d)\n\n"
+		"COMMAND OPTIONS\n"
+		"    --join PSC-ID       init: join this PSC in the same round trip\n"
+		"    --establish NAME    init: establish this PSC in the same round trip\n"
+		"    --label KEY=VALUE   establish: access-control label (repeatable, <= %d)\n"
+		"    --member NODE-ID    establish: initial member (repeatable, <= %d here)\n"
+		"    --refresh SECONDS   establish: requested refresh interval (0 = policy)\n"
+		"    --max-members N     establish: requested member cap (0 = policy)\n"
+		"    --sender-signatures establish: group messages must be signed by senders\n\n"
+		"AFTER THE COMMAND\n"
+		"    --wait SECONDS      keep answering the KMS (Refresh, Query, Invite,\n"
+		"                        Liveness) for this long; Ctrl-C stops\n"
+		"    --accept-queries    as owner, accept join requests the KMS asks about\n"
+		"                        (default: deny)\n"
+		"    --accept-invites    accept invitations (default: decline)\n"
+		"    -q, --quiet         print only results and problems\n"
+		"    -h, --help          this text\n\n"
+		"EXIT STATUS\n"
+		"    0  done (for invite and report the outcome is printed)\n"
+		"    1  the KMS refused the request (its reason is printed)\n"
+		"    2  bad command line\n"
+		"    3  certificate, key, KMS certificate or CURVE key unusable\n"
+		"    4  the KMS did not answer in time, or a transport error\n"
+		"    5  any other failure (malformed answer, key material that does not unwrap)\n\n"
+		"EXAMPLE\n"
+		"    psc-peer establish ops-room --label team=ops --kms tcp://127.0.0.1:7400 \\\n"
+		"      --kms-cert kms.crt.pem --kms-curve kms.curve.pub --cert peer1.crt.pem \\\n"
+		"      --key peer1.key.pem --overlay psc.example\n",
+		PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS, 32, MAX_LIST);
+}
+
+static int parse_uint(const char *s, const char *what, unsigned long max, unsigned long *out)
+{
+	char *end = NULL;
+	errno = 0;
+	unsigned long v = strtoul(s, &end, 10);
+	if (errno || !end || *end || s[0] == '-' || s[0] == '\0' || v > max) {
+		fprintf(stderr, "psc-peer: %s '%s' must be a number 0..%lu\n", what, s, max);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+enum {
+	O_KMS = 256, O_KMS_CERT, O_KMS_CURVE, O_CERT, O_KEY, O_OVERLAY, O_ENDPOINT, O_TIMEOUT,
+	O_WAIT, O_ACCEPT_Q, O_ACCEPT_I, O_JOIN, O_ESTABLISH, O_LABEL, O_MEMBER, O_REFRESH,
+	O_MAX_MEMBERS, O_SENDER_SIGS,
+};
+
+static const struct option long_opts[] = {
+	{"kms", required_argument, NULL, O_KMS},
+	{"kms-cert", required_argument, NULL, O_KMS_CERT},
+	{"kms-curve", required_argument, NULL, O_KMS_CURVE},
+	{"cert", required_argument, NULL, O_CERT},
+	{"key", required_argument, NULL, O_KEY},
+	{"overlay", required_argument, NULL, O_OVERLAY},
+	{"endpoint", required_argument, NULL, O_ENDPOINT},
+	{"timeout", required_argument, NULL, O_TIMEOUT},
+	{"wait", required_argument, NULL, O_WAIT},
+	{"accept-queries", no_argument, NULL, O_ACCEPT_Q},
+	{"accept-invites", no_argument, NULL, O_ACCEPT_I},
+	{"join", required_argument, NULL, O_JOIN},
+	{"establish", required_argument, NULL, O_ESTABLISH},
+	{"label", required_argument, NULL, O_LABEL},
+	{"member", required_argument, NULL, O_MEMBER},
+	{"refresh", required_argument, NULL, O_REFRESH},
+	{"max-members", required_argument, NULL, O_MAX_MEMBERS},
+	{"sender-signatures", no_argument, NULL, O_SENDER_SIGS},
+	{"quiet", no_argument, NULL, 'q'},
+	{"help", no_argument, NULL, 'h'},
+	{NULL, 0, NULL, 0},
+};
+
+/* Parses options; returns -1 on a usage error, 1 for --help, 0 otherwise. */
+static int parse_opts(int argc, char **argv, opts *o)
+{
+	int c;
+	unsigned long v;
+	while ((c = getopt_long(argc, argv, "qh", long_opts, NULL)) != -1) {
+		switch (c) {
+		case O_KMS: o->kms = optarg; break;
+		case O_KMS_CERT: o->kms_cert = optarg; break;
+		case O_KMS_CURVE: o->kms_curve = optarg; break;
+		case O_CERT: o->cert = optarg; break;
+		case O_KEY: o->key = optarg; break;
+		case O_OVERLAY: o->overlay = optarg; break;
+		case O_ENDPOINT: o->endpoint = optarg; break;
+		case O_TIMEOUT:
+			if (parse_uint(optarg, "--timeout", 3600000, &v))
+				return -1;
+			o->timeout_ms = (int)v;
+			break;
+		case O_WAIT:
+			if (parse_uint(optarg, "--wait", 86400 * 365, &v))
+				return -1;
+			o->wait_s = (int)v;
+			break;
+		case O_ACCEPT_Q: o->accept_queries = 1; break;
+		case O_ACCEPT_I: o->accept_invites = 1; break;
+		case O_JOIN: o->join = optarg; break;
+		case O_ESTABLISH: o->establish = optarg; break;
+		case O_LABEL: {
+			char *eq = strchr(optarg, '=');
+			if (!eq || eq == optarg || o->n_labels >= MAX_LIST) {
+				fprintf(stderr, "psc-peer: --label wants KEY=VALUE (at most %d)\n",
+					MAX_LIST);
+				return -1;
+			}
+			*eq = '\0';
+			o->labels[o->n_labels].key = optarg;
+			o->labels[o->n_labels].value = eq + 1;
+			o->n_labels++;
+			break;
+		}
+		case O_MEMBER:
+			if (o->n_members >= MAX_LIST) {
+				fprintf(stderr, "psc-peer: at most %d --member options\n", MAX_LIST);
+				return -1;
+			}
+			if (parse_id(optarg, "--member Node-ID", o->members[o->n_members]))
+				return -1;
+			o->n_members++;
+			break;
+		case O_REFRESH:
+			if (parse_uint(optarg, "--refresh", UINT32_MAX, &v))
+				return -1;
+			o->refresh_s = (uint32_t)v;
+			break;
+		case O_MAX_MEMBERS:
+			if (parse_uint(optarg, "--max-members", UINT32_MAX, &v))
+				return -1;
+			o->max_members = (uint32_t)v;
+			break;
+		case O_SENDER_SIGS: o->sender_sigs = 1; break;
+		case 'q': o->quiet = 1; break;
+		case 'h': return 1;
+		default: return -1;
+		}
+	}
+	return 0;
+}
+
+static int wait_events(psc_peer *p, int seconds)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		long left = (long)seconds * 1000 -
+			    ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+		if (g_stop || left <= 0)
+			return EX_OK;
+		int n = psc_peer_process(p, left > 500 ? 500 : (int)left);
+		if (n < 0) {
+			fprintf(stderr, "psc-peer: %s\n", psc_strerror((psc_rc)n));
+			return exit_for((psc_rc)n);
+		}
+	}
+}
+
+int main(int argc, char **argv)
+{
+	opts o;
+	memset(&o, 0, sizeof(o));
+	int r = parse_opts(argc, argv, &o);
+	if (r == 1) {
+		usage(stdout);
+		return EX_OK;
+	}
+	if (r < 0 || optind >= argc) {
+		if (r == 0)
+			fprintf(stderr, "psc-peer: no command given\n");
+		fprintf(stderr, "Try 'psc-peer --help'.\n");
+		return EX_USAGE;
+	}
+	const char *name = argv[optind];
+	const command *cmd = NULL;
+	for (size_t i = 0; i < N_COMMANDS; i++)
+		if (strcmp(commands[i].name, name) == 0)
+			cmd = &commands[i];
+	int nargs = argc - optind - 1;
+	if (!cmd) {
+		fprintf(stderr, "psc-peer: unknown command '%s'. Try 'psc-peer --help'.\n", name);
+		return EX_USAGE;
+	}
+	if (nargs < cmd->min_args || nargs > cmd->max_args) {
+		fprintf(stderr, "psc-peer: usage: psc-peer %s %s [OPTIONS]\n", cmd->name, cmd->args);
+		return EX_USAGE;
+	}
+	if ((o.join || o.establish) && strcmp(cmd->name, "init") != 0) {
+		fprintf(stderr, "psc-peer: --join and --establish belong to 'init'\n");
+		return EX_USAGE;
+	}
+	const char *missing = !o.kms ? "--kms" : !o.kms_cert ? "--kms-cert" : !o.cert ? "--cert"
+			      : !o.key ? "--key" : !o.overlay ? "--overlay" : NULL;
+	if (missing) {
+		fprintf(stderr, "psc-peer: %s is required. Try 'psc-peer --help'.\n", missing);
+		return EX_USAGE;
+	}
+	uint8_t join_id[PSC_PEER_ID_LEN];
+	if (o.join && parse_id(o.join, "--join PSC ID", join_id))
+		return EX_USAGE;
+
+	psc_peer_callbacks cb = {
+		.on_epoch = cb_epoch, .on_gone = cb_gone, .on_query = cb_query,
+		.on_invite = cb_invite, .on_error = cb_error, .on_reconnect = cb_reconnect,
+	};
+	psc_peer_config cfg = {
+		.cert_file = o.cert, .key_file = o.key, .kms_endpoint = o.kms,
+		.kms_cert_file = o.kms_cert, .kms_curve_key = o.kms_curve, .overlay = o.overlay,
+		.data_endpoint = o.endpoint, .request_timeout_ms = o.timeout_ms,
+		.auto_reconnect = 1, .callbacks = &cb, .user = &o,
+	};
+	psc_peer *p = NULL;
+	psc_err err = {0};
+	if (psc_peer_new(&p, &cfg, &err) != PSC_OK)
+		return fail(&err);
+
+	psc_peer_establish_params ep = establish_params(&o, o.establish);
+	psc_peer_init_options io = {.join_psc = o.join ? join_id : NULL,
+				    .establish = o.establish ? &ep : NULL};
+	psc_peer_init_result ir;
+	int rc;
+	if (psc_peer_initialize(p, &io, &ir, &err) != PSC_OK) {
+		rc = fail(&err);
+	} else {
+		char h[33];
+		uint8_t me[PSC_PEER_ID_LEN];
+		psc_peer_node_id(p, me);
+		if (!o.quiet)
+			printf("registered as %s (KMS clock %+" PRId64 " ms from ours, %zu PSC(s))\n",
+			       hex(me, h), ir.clock_skew_ms, ir.n_memberships);
+		print_outcome("join", &ir.join);
+		print_outcome("establish", &ir.establish);
+		rc = cmd->run(p, &o, argv + optind + 1, nargs);
+		if ((ir.join.requested && ir.join.status) ||
+		    (ir.establish.requested && ir.establish.status))
+			rc = rc ? rc : EX_REFUSED;
+		if (rc == EX_OK && o.wait_s > 0)
+			rc = wait_events(p, o.wait_s);
+	}
+	psc_peer_free(&p);
+	return rc;
+}
