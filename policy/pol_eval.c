@@ -675,9 +675,11 @@ psc_rc pol_decide(const pol_policy *pol, const pol_state *state, const pol_reque
 			memcpy(out->rules, permit ? permits : asks, out->n_rules * sizeof(char *));
 			out->rules_truncated = permit ? ptrunc : atrunc;
 		}
-	} else if (!denied) {
-		/* Evaluate the action's principals once; a rule that names principals
-		 * of which none matched or failed to evaluate cannot match. */
+	} else {
+		/* Forbids are evaluated even after a limit denied, so both paths
+		 * report the same rules. The action's principals are evaluated once;
+		 * a rule naming principals of which none matched or failed to
+		 * evaluate cannot match and is skipped. */
 		uint64_t live[POL_PRINCIPALS_MAX / 64] = {0};
 		for (unsigned w = 0; w < POL_PRINCIPALS_MAX / 64; w++)
 			for (uint64_t m = pol->action_pmask[req->action][w]; m; m &= m - 1) {

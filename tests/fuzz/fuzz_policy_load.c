@@ -42,9 +42,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		pol_explain ex = {.buf = buf, .cap = sizeof(buf), .hits = hits, .hits_len = sizeof(hits)};
 		if (pol_decide(pol, st, &q, &d, &ex) != PSC_OK)
 			__builtin_trap();
-		pol_outcome o = d.outcome;
-		if (pol_decide(pol, st, &q, &d, NULL) != PSC_OK || d.outcome != o)
+		pol_decision d2;
+		if (pol_decide(pol, st, &q, &d2, NULL) != PSC_OK || d2.outcome != d.outcome ||
+		    d2.n_rules != d.n_rules || d2.forbid_error != d.forbid_error)
 			__builtin_trap(); /* explaining never changes the decision */
+		for (size_t i = 0; i < d.n_rules; i++)
+			if (strcmp(d.rules[i], d2.rules[i]) != 0)
+				__builtin_trap();
+		pol_outcome o = d.outcome;
 		if (o == POL_PERMIT)
 			pol_state_record(st, q.requester.node_id, q.action, q.now);
 	}

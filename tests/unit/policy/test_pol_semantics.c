@@ -559,7 +559,7 @@ static void fast_path_and_explain_agree(void **state)
 		"  pre: {subject_cn: {prefix: b}}\n"
 		"  iss: {issuer: {eq: \"CN=Root\"}, subject_ou: {in: [Sales, Ops]}}\n"
 		"groups:\n"
-		"  g1: {psc: {name: {prefix: ops-}}}\n"
+		"  g1: {psc: {name: {prefix: ops-}}, limits: {max_members: 7}}\n"
 		"  g2: {psc: {labels: {tier: {eq: gold}}}}\n"
 		"rules:\n"
 		"  - {id: f1, effect: forbid, actions: [join, invite], principals: [pre], groups: [g2]}\n"
