@@ -52,6 +52,7 @@ struct aud_log {
 	uint64_t refused_from, refused_to; /* seqs of the batch that was refused */
 	const char *failed_what;
 
+	proto_merkle_hasher *hasher; /* reused for every leaf, node and chain hash */
 	char line[AUD_LINE_MAX + 1];
 	aud_parsed scratch;
 };
@@ -157,16 +158,19 @@ static void fill_time(aud_rec *r)
 	aud_time_format(now_ms(), r->time);
 }
 
-/* Formats r (seq, prev, kms, time filled here) into the batch and advances pending. */
-static psc_rc batch_add(aud_log *log, aud_rec *r, uint64_t *seq, psc_err *err)
+/* Formats r into the batch and advances pending. seq and prev are filled here;
+ * kms and time too unless `checked` says the caller filled and validated r. */
+static psc_rc batch_add(aud_log *log, aud_rec *r, bool checked, uint64_t *seq, psc_err *err)
 {
 	psc_rc rc;
 	r->seq = log->pending.count + 1;
-	r->kms = log->kms;
 	memcpy(r->prev, log->pending.last, 32);
-	fill_time(r);
-	if ((rc = aud_rec_check(r, err)) != PSC_OK)
-		return rc;
+	if (!checked) {
+		r->kms = log->kms;
+		fill_time(r);
+		if ((rc = aud_rec_check(r, err)) != PSC_OK)
+			return rc;
+	}
 	size_t n = 0;
 	if (aud_rec_format(r, log->line, sizeof(log->line) - 1, &n) != PSC_OK)
 		return psc_err_set(err, PSC_E_AUDIT_TOO_LARGE,
@@ -187,13 +191,13 @@ static psc_rc batch_add(aud_log *log, aud_rec *r, uint64_t *seq, psc_err *err)
 		log->batch_cap = cap;
 	}
 	uint8_t leaf[32];
-	proto_merkle_leaf((const uint8_t *)log->line, n, leaf);
-	if (proto_merkle_acc_add(&log->pending.acc, leaf) != PSC_OK)
+	proto_merkle_leaf_h(log->hasher, (const uint8_t *)log->line, n, leaf);
+	if (proto_merkle_acc_add_h(log->hasher, &log->pending.acc, leaf) != PSC_OK)
 		return psc_err_set(err, PSC_E_AUDIT_TOO_LARGE, "audit: log is full (2^64 records)");
 	memcpy(log->batch + log->batch_len, log->line, n);
 	log->batch[log->batch_len + n] = '\n';
 	log->batch_len += n + 1;
-	aud_line_hash(log->line, n, log->pending.last);
+	aud_line_hash(log->hasher, log->line, n, log->pending.last);
 	log->pending.count = r->seq;
 	if (seq)
 		*seq = r->seq;
@@ -280,7 +284,7 @@ static psc_rc add_link_if_needed(aud_log *log, psc_err *err)
 	r.detail[0] = (aud_kv){.key = "segment", .num = log->seg_no};
 	r.detail[1] = (aud_kv){.key = "prev_segment", .str = prevname};
 	r.detail[2] = (aud_kv){.key = "prev_last_seq", .num = log->committed.count};
-	return batch_add(log, &r, NULL, err);
+	return batch_add(log, &r, false, NULL, err);
 }
 
 /* ---- public API -------------------------------------------------------- */
@@ -351,9 +355,12 @@ psc_rc aud_log_append(aud_log *log, const aud_event *ev, uint64_t *seq, psc_err 
 	fill_time(&r);
 	if ((rc = aud_rec_check(&r, err)) != PSC_OK)
 		return rc;
+	size_t before = log->batch_len;
 	if ((rc = prepare_append(log, err)) != PSC_OK)
 		return rc;
-	return batch_add(log, &r, seq, err);
+	if (log->batch_len != before)
+		fill_time(&r); /* a segment.link went first: keep times in seq order */
+	return batch_add(log, &r, true, seq, err);
 }
 
 psc_rc aud_log_append_aborted(aud_log *log, uint64_t first, uint64_t last,
@@ -377,7 +384,7 @@ psc_rc aud_log_append_aborted(aud_log *log, uint64_t first, uint64_t last,
 	r.n_detail = 2;
 	r.detail[0] = (aud_kv){.key = "first_seq", .num = first};
 	r.detail[1] = (aud_kv){.key = "last_seq", .num = last};
-	return batch_add(log, &r, seq, err);
+	return batch_add(log, &r, false, seq, err);
 }
 
 void aud_log_rollback(aud_log *log)
@@ -513,7 +520,8 @@ psc_rc aud_log_recover(aud_log *log, psc_err *err)
 	r.detail[r.n_detail++] = (aud_kv){.key = "during", .str = cause_what ? cause_what : "?"};
 	r.detail[r.n_detail++] = (aud_kv){.key = "refused_first_seq", .num = from};
 	r.detail[r.n_detail++] = (aud_kv){.key = "refused_last_seq", .num = to};
-	if ((rc = prepare_append(log, err)) == PSC_OK && (rc = batch_add(log, &r, NULL, err)) == PSC_OK &&
+	if ((rc = prepare_append(log, err)) == PSC_OK &&
+	    (rc = batch_add(log, &r, false, NULL, err)) == PSC_OK &&
 	    (rc = aud_log_commit(log, NULL, err)) == PSC_OK)
 		return PSC_OK;
 	log->failed = cause == PSC_OK ? PSC_E_AUDIT_IO : cause;
@@ -539,6 +547,7 @@ void aud_log_free(aud_log **p)
 		close(log->lock_fd); /* releases the flock */
 	if (log->dir_fd >= 0)
 		close(log->dir_fd);
+	proto_merkle_hasher_free(&log->hasher);
 	free(log->batch);
 	free(log);
 	*p = NULL;
@@ -583,7 +592,7 @@ static psc_rc cut_tail(aud_log *log, const char *path, const char *tag, uint64_t
 		close(fd);
 		return psc_err_set(err, PSC_E_AUDIT_IO, "audit: cannot read the torn tail of %s", path);
 	}
-	aud_line_hash(buf, n, sha);
+	aud_line_hash(log->hasher, buf, n, sha);
 	int sn = snprintf(saved, saved_cap, "torn-%s-%012llu.bin", tag, (unsigned long long)off);
 	if (sn < 0 || (size_t)sn >= saved_cap) {
 		free(buf);
@@ -646,7 +655,7 @@ static psc_rc replay_segment(aud_log *log, unsigned n, bool last, repair *rep, p
 		if (k == AUD_LINE_OK && !cutting) {
 			psc_err e;
 			psc_err_clear(&e);
-			if (aud_chain_feed(&log->committed, line, len, &log->scratch, &e) == PSC_OK)
+			if (aud_chain_feed(&log->committed, line, len, &log->scratch, log->hasher, &e) == PSC_OK)
 				continue;
 			first = e;
 			first_line = aud_lines_lineno(rd);
@@ -762,7 +771,7 @@ static psc_rc add_repair_record(aud_log *log, const repair *rep, psc_err *err)
 	r.detail[r.n_detail++] = (aud_kv){.key = "bytes_cut", .num = rep->len};
 	r.detail[r.n_detail++] = (aud_kv){.key = "sha256", .str = sha};
 	r.detail[r.n_detail++] = (aud_kv){.key = "saved_as", .str = rep->saved};
-	return batch_add(log, &r, NULL, err);
+	return batch_add(log, &r, false, NULL, err);
 }
 
 static bool kms_id_ok(const char *s)
@@ -800,6 +809,10 @@ psc_rc aud_log_open(aud_log **out, const aud_log_opts *o, psc_err *err)
 	log->cp_secs = o->checkpoint_secs ? o->checkpoint_secs : DEFAULT_CP_SECS;
 	log->seg_max = o->segment_max_bytes ? o->segment_max_bytes : DEFAULT_SEG_MAX;
 	aud_chain_init(&log->committed);
+	if (proto_merkle_hasher_new(&log->hasher) != PSC_OK) {
+		rc = psc_err_set(err, PSC_E_CRYPTO, "audit: cannot set up SHA-256");
+		goto fail;
+	}
 
 	if (mkdir(log->dir, 0750) != 0 && errno != EEXIST) {
 		rc = psc_err_set(err, PSC_E_AUDIT_IO, "audit: cannot create %s: %s", log->dir,

@@ -112,6 +112,19 @@ size_t aud_json_escape(const char *str, char *out, size_t cap)
 	size_t n = strlen(str), i = 0, o = 0;
 	char tmp[12];
 	while (i < n) {
+		/* Fast path: a run of printable ASCII that needs no escape is copied. */
+		size_t run = 0;
+		while (i + run < n && s[i + run] >= 0x20 && s[i + run] < 0x7f && s[i + run] != '"' &&
+		       s[i + run] != '\\')
+			run++;
+		if (run > 0) {
+			if (cap - o < run)
+				return (size_t)-1;
+			memcpy(out + o, s + i, run);
+			o += run;
+			i += run;
+			continue;
+		}
 		uint32_t cp;
 		size_t k = utf8_next(s, i, n, &cp);
 		if (k == 0) {

@@ -7,7 +7,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,11 +164,10 @@ aud_line_kind aud_lines_next(aud_lines *l, const char **line, size_t *len, uint6
 
 /* ---- chain ------------------------------------------------------------- */
 
-void aud_line_hash(const char *line, size_t len, uint8_t out[32])
+void aud_line_hash(proto_merkle_hasher *h, const char *line, size_t len, uint8_t out[32])
 {
-	unsigned int n = 0;
-	if (EVP_Digest(line, len, out, &n, EVP_sha256(), NULL) != 1 || n != 32)
-		memset(out, 0, 32); /* never equals a real hash: fails closed */
+	/* On a digest failure out is all-zero: never a real hash, so it fails closed. */
+	proto_merkle_sha256_h(h, (const uint8_t *)line, len, out);
 }
 
 void aud_chain_init(aud_chain *ch)
@@ -192,7 +191,7 @@ static const aud_kv *detail_get(const aud_rec *r, const char *key)
 }
 
 psc_rc aud_chain_feed(aud_chain *ch, const char *line, size_t len, aud_parsed *p,
-		      psc_err *err)
+		      proto_merkle_hasher *h, psc_err *err)
 {
 	psc_err sub;
 	psc_err_clear(&sub);
@@ -225,11 +224,11 @@ psc_rc aud_chain_feed(aud_chain *ch, const char *line, size_t len, aud_parsed *p
 				   (unsigned long long)r->seq, ch->segment);
 	}
 	uint8_t leaf[32];
-	proto_merkle_leaf((const uint8_t *)line, len, leaf);
+	proto_merkle_leaf_h(h, (const uint8_t *)line, len, leaf);
 	/* Only fails at 2^64 - 1 leaves, and then leaves acc unchanged. */
-	if (proto_merkle_acc_add(&ch->acc, leaf) != PSC_OK)
+	if (proto_merkle_acc_add_h(h, &ch->acc, leaf) != PSC_OK)
 		return psc_err_set(err, PSC_E_AUDIT_TOO_LARGE, "audit: log too large");
-	aud_line_hash(line, len, ch->last);
+	aud_line_hash(h, line, len, ch->last);
 	if (ch->count == 0)
 		snprintf(ch->kms, sizeof(ch->kms), "%s", r->kms);
 	ch->count = r->seq;

@@ -61,12 +61,13 @@ void aud_chain_begin_segment(aud_chain *ch, unsigned segno);
 /*
  * Accepts the next line: parses it (PSC_E_AUDIT_MALFORMED), checks seq, prev, the
  * segment link and the KMS id (PSC_E_AUDIT_TAMPERED, err naming the seq and why),
- * then advances. On error ch is unchanged. p is caller scratch (large).
+ * then advances. On error ch is unchanged. p is caller scratch (large); h is a
+ * reusable hasher or NULL.
  */
 psc_rc aud_chain_feed(aud_chain *ch, const char *line, size_t len, aud_parsed *p,
-		      psc_err *err) PSC_WUR;
+		      proto_merkle_hasher *h, psc_err *err) PSC_WUR;
 
-/* SHA-256 of a line (the chain hash). */
-void aud_line_hash(const char *line, size_t len, uint8_t out[32]);
+/* SHA-256 of a line (the chain hash); h (nullable) is a reusable hasher. */
+void aud_line_hash(proto_merkle_hasher *h, const char *line, size_t len, uint8_t out[32]);
 
 #endif

@@ -159,7 +159,8 @@ psc_rc aud_verify_dir(const aud_verify_opts *o, aud_verify_report *rep)
 	aud_parsed *p = malloc(sizeof(*p));
 	aud_chain *ch = malloc(sizeof(*ch));
 	aud_lines *rd = NULL;
-	if (!p || !ch) {
+	proto_merkle_hasher *h = NULL;
+	if (!p || !ch || proto_merkle_hasher_new(&h) != PSC_OK) {
 		rc = verdict(rep, AUD_VERIFY_MALFORMED, 0, "out of memory");
 		goto out;
 	}
@@ -226,7 +227,7 @@ psc_rc aud_verify_dir(const aud_verify_opts *o, aud_verify_report *rep)
 									      : "read error");
 				goto out;
 			}
-			if ((rc = aud_chain_feed(ch, line, len, p, &e)) != PSC_OK) {
+			if ((rc = aud_chain_feed(ch, line, len, p, h, &e)) != PSC_OK) {
 				int st = rc == PSC_E_AUDIT_TAMPERED ? AUD_VERIFY_TAMPERED
 								    : AUD_VERIFY_MALFORMED;
 				uint64_t seq = rc == PSC_E_AUDIT_TAMPERED ? p->rec.seq : ch->count + 1;
@@ -278,6 +279,7 @@ psc_rc aud_verify_dir(const aud_verify_opts *o, aud_verify_report *rep)
 	rep->status = AUD_VERIFY_OK;
 	rc = PSC_OK;
 out:
+	proto_merkle_hasher_free(&h);
 	aud_lines_free(&rd);
 	free(c.v);
 	free(p);

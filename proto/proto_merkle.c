@@ -14,32 +14,87 @@
 #include <openssl/evp.h>
 #include <string.h>
 
-/* Hashes prefix || a || b. A digest failure can only be an allocation failure
- * inside OpenSSL; the output is then all-zero, which never equals a real root, so
- * every comparison against it fails closed. */
-static void hash3(uint8_t prefix, const uint8_t *a, size_t alen, const uint8_t *b, size_t blen,
-		  uint8_t out[32])
+struct proto_merkle_hasher {
+	EVP_MD *md;
+	EVP_MD_CTX *ctx;
+};
+
+psc_rc proto_merkle_hasher_new(proto_merkle_hasher **out)
 {
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	if (!out)
+		return PSC_E_INVALID_ARG;
+	*out = NULL;
+	proto_merkle_hasher *h = calloc(1, sizeof(*h));
+	if (!h)
+		return PSC_E_NOMEM;
+	h->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+	h->ctx = EVP_MD_CTX_new();
+	if (!h->md || !h->ctx) {
+		proto_merkle_hasher_free(&h);
+		return PSC_E_CRYPTO;
+	}
+	*out = h;
+	return PSC_OK;
+}
+
+void proto_merkle_hasher_free(proto_merkle_hasher **h)
+{
+	if (!h || !*h)
+		return;
+	EVP_MD_CTX_free((*h)->ctx);
+	EVP_MD_free((*h)->md);
+	free(*h);
+	*h = NULL;
+}
+
+/* Hashes [prefix ||] a || b (prefix < 0: none), with h's context when given. A
+ * digest failure can only be an allocation failure inside OpenSSL; the output is
+ * then all-zero, which never equals a real hash, so every comparison against it
+ * fails closed. */
+static void hash3(proto_merkle_hasher *h, int prefix, const uint8_t *a, size_t alen,
+		  const uint8_t *b, size_t blen, uint8_t out[32])
+{
+	EVP_MD_CTX *ctx = h ? h->ctx : EVP_MD_CTX_new();
+	const EVP_MD *md = h ? h->md : EVP_sha256();
+	uint8_t pre = (uint8_t)prefix;
 	unsigned int outlen = 0;
-	int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
-		 EVP_DigestUpdate(ctx, &prefix, 1) == 1 &&
+	int ok = ctx != NULL && EVP_DigestInit_ex(ctx, md, NULL) == 1 &&
+		 (prefix < 0 || EVP_DigestUpdate(ctx, &pre, 1) == 1) &&
 		 (alen == 0 || EVP_DigestUpdate(ctx, a, alen) == 1) &&
 		 (blen == 0 || EVP_DigestUpdate(ctx, b, blen) == 1) &&
 		 EVP_DigestFinal_ex(ctx, out, &outlen) == 1 && outlen == 32;
-	EVP_MD_CTX_free(ctx);
+	if (!h)
+		EVP_MD_CTX_free(ctx);
 	if (!ok)
 		memset(out, 0, 32);
 }
 
 void proto_merkle_leaf(const uint8_t *data, size_t len, uint8_t out[32])
 {
-	hash3(0x00, data, data ? len : 0, NULL, 0, out);
+	hash3(NULL, 0x00, data, data ? len : 0, NULL, 0, out);
 }
 
 void proto_merkle_node(const uint8_t left[32], const uint8_t right[32], uint8_t out[32])
 {
-	hash3(0x01, left, 32, right, 32, out);
+	hash3(NULL, 0x01, left, 32, right, 32, out);
+}
+
+void proto_merkle_leaf_h(proto_merkle_hasher *h, const uint8_t *data, size_t len,
+			 uint8_t out[32])
+{
+	hash3(h, 0x00, data, data ? len : 0, NULL, 0, out);
+}
+
+void proto_merkle_node_h(proto_merkle_hasher *h, const uint8_t left[32], const uint8_t right[32],
+			 uint8_t out[32])
+{
+	hash3(h, 0x01, left, 32, right, 32, out);
+}
+
+void proto_merkle_sha256_h(proto_merkle_hasher *h, const uint8_t *data, size_t len,
+			   uint8_t out[32])
+{
+	hash3(h, -1, data, data ? len : 0, NULL, 0, out);
 }
 
 /* Largest power of two strictly less than n (n >= 2). */
@@ -154,6 +209,12 @@ void proto_merkle_acc_init(proto_merkle_acc *acc)
 
 psc_rc proto_merkle_acc_add(proto_merkle_acc *acc, const uint8_t leaf[32])
 {
+	return proto_merkle_acc_add_h(NULL, acc, leaf);
+}
+
+psc_rc proto_merkle_acc_add_h(proto_merkle_hasher *hs, proto_merkle_acc *acc,
+			      const uint8_t leaf[32])
+{
 	if (!acc || !leaf)
 		return PSC_E_INVALID_ARG;
 	if (acc->n == UINT64_MAX)
@@ -162,7 +223,7 @@ psc_rc proto_merkle_acc_add(proto_merkle_acc *acc, const uint8_t leaf[32])
 	uint8_t h[32];
 	memcpy(h, leaf, 32);
 	for (uint64_t size = acc->n; size & 1; size >>= 1)
-		proto_merkle_node(acc->stack[--acc->top], h, h);
+		proto_merkle_node_h(hs, acc->stack[--acc->top], h, h);
 	memcpy(acc->stack[acc->top++], h, 32);
 	acc->n++;
 	return PSC_OK;

@@ -26,6 +26,24 @@
 void proto_merkle_leaf(const uint8_t *data, size_t len, uint8_t out[32]);
 void proto_merkle_node(const uint8_t left[32], const uint8_t right[32], uint8_t out[32]);
 
+/*
+ * Reusable hashing context. The functions above allocate an OpenSSL digest
+ * context (and look SHA-256 up) per hash; hot loops such as the audit writer keep
+ * one hasher instead (about twice as fast for short inputs). Same results; h may
+ * be NULL (then they behave as the one-shot functions). Not thread-safe: one per
+ * owner.
+ */
+typedef struct proto_merkle_hasher proto_merkle_hasher;
+psc_rc proto_merkle_hasher_new(proto_merkle_hasher **out) PSC_WUR;
+void proto_merkle_hasher_free(proto_merkle_hasher **h);
+void proto_merkle_leaf_h(proto_merkle_hasher *h, const uint8_t *data, size_t len,
+			 uint8_t out[32]);
+void proto_merkle_node_h(proto_merkle_hasher *h, const uint8_t left[32], const uint8_t right[32],
+			 uint8_t out[32]);
+/* Plain SHA-256 (no RFC 9162 prefix), e.g. the audit chain's prev hash. */
+void proto_merkle_sha256_h(proto_merkle_hasher *h, const uint8_t *data, size_t len,
+			   uint8_t out[32]);
+
 /* MTH over n leaf hashes (RFC 9162 §2.1.1); n == 0 -> SHA-256 of the empty string.
  * PSC_E_INVALID_ARG if leaves is NULL while n > 0 or out is NULL. */
 psc_rc proto_merkle_root(const uint8_t (*leaves)[32], size_t n, uint8_t out[32]) PSC_WUR;
@@ -60,6 +78,8 @@ void proto_merkle_acc_init(proto_merkle_acc *acc);
 /* PSC_E_TOO_LARGE once 2^64 - 1 leaves are held (never in practice). */
 psc_rc proto_merkle_acc_add(proto_merkle_acc *acc, const uint8_t leaf[32]) PSC_WUR;
 /* Root of the leaves added so far (MTH); the accumulator is unchanged. */
+psc_rc proto_merkle_acc_add_h(proto_merkle_hasher *h, proto_merkle_acc *acc,
+			      const uint8_t leaf[32]) PSC_WUR;
 void proto_merkle_acc_root(const proto_merkle_acc *acc, uint8_t out[32]);
 uint64_t proto_merkle_acc_size(const proto_merkle_acc *acc);
 

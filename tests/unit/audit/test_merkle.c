@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <openssl/evp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -157,6 +158,41 @@ static void streaming_equals_recursive_up_to_300(void **state)
 	free(leaves);
 }
 
+static void hasher_gives_the_same_hashes(void **state)
+{
+	(void)state;
+	proto_merkle_hasher *h = NULL;
+	assert_int_equal(proto_merkle_hasher_new(&h), PSC_OK);
+	uint8_t data[300], a[32], b[32];
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (uint8_t)(i * 7);
+	proto_merkle_acc x, y;
+	proto_merkle_acc_init(&x);
+	proto_merkle_acc_init(&y);
+	for (size_t n = 0; n <= sizeof(data); n += 13) {
+		proto_merkle_leaf(data, n, a);
+		proto_merkle_leaf_h(h, data, n, b);
+		assert_memory_equal(a, b, 32);
+		proto_merkle_node(a, data, b);
+		proto_merkle_node_h(h, a, data, a);
+		assert_memory_equal(a, b, 32);
+		assert_int_equal(proto_merkle_acc_add(&x, a), PSC_OK);
+		assert_int_equal(proto_merkle_acc_add_h(h, &y, a), PSC_OK);
+		proto_merkle_acc_root(&x, a);
+		proto_merkle_acc_root(&y, b);
+		assert_memory_equal(a, b, 32);
+		unsigned int len = 0;
+		EVP_Digest(data, n, a, &len, EVP_sha256(), NULL);
+		proto_merkle_sha256_h(h, data, n, b);
+		assert_memory_equal(a, b, 32);
+		proto_merkle_sha256_h(NULL, data, n, b);
+		assert_memory_equal(a, b, 32);
+	}
+	proto_merkle_hasher_free(&h);
+	assert_null(h);
+	proto_merkle_hasher_free(&h);
+}
+
 static void every_path_verifies_and_tampering_fails(void **state)
 {
 	(void)state;
@@ -232,6 +268,7 @@ int main(void)
 		cmocka_unit_test(leaf_and_node_use_domain_separation),
 		cmocka_unit_test(ct_inclusion_proofs_match_reference),
 		cmocka_unit_test(streaming_equals_recursive_up_to_300),
+		cmocka_unit_test(hasher_gives_the_same_hashes),
 		cmocka_unit_test(every_path_verifies_and_tampering_fails),
 		cmocka_unit_test(bad_arguments_are_rejected),
 	};
