@@ -69,7 +69,7 @@ typedef struct kms_config {
 	struct {
 		char dir[KMS_CONFIG_PATH_MAX];    /* required */
 		uint64_t checkpoint_every;        /* records; default 1000 */
-		uint32_t checkpoint_interval_s;   /* default 60 */
+		uint32_t checkpoint_interval_s;   /* default 300 */
 		uint64_t segment_bytes;           /* default 64 MiB */
 	} audit;
 

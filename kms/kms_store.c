@@ -10,6 +10,7 @@
 #include "kms_store.h"
 
 #include <inttypes.h>
+#include <openssl/evp.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1669,4 +1670,75 @@ psc_rc kms_store_counts_get(kms_store *s, kms_store_counts *out, psc_err *err)
 	}
 	st_done(st);
 	return PSC_OK;
+}
+
+/* Tables and their primary key order; the digest format depends on this list. */
+static const char *const DIGEST_SQL[] = {
+	"SELECT * FROM peers ORDER BY node_id",
+	"SELECT * FROM pscs ORDER BY psc_id",
+	"SELECT * FROM members ORDER BY psc_id, node_id",
+	"SELECT * FROM epochs ORDER BY psc_id, epoch",
+	"SELECT * FROM epoch_hwm ORDER BY psc_id",
+};
+
+static void dg_u64(EVP_MD_CTX *md, uint64_t v)
+{
+	uint8_t b[8];
+	for (int i = 0; i < 8; i++)
+		b[i] = (uint8_t)(v >> (56 - 8 * i));
+	EVP_DigestUpdate(md, b, sizeof(b));
+}
+
+psc_rc kms_store_digest(kms_store *s, uint8_t out[PSC_HASH_LEN], psc_err *err)
+{
+	if (!s || !out)
+		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_digest: NULL argument");
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	if (!md || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(md);
+		return psc_err_set(err, PSC_E_CRYPTO, "state digest: SHA-256 unavailable");
+	}
+	psc_rc rc = PSC_OK;
+	for (size_t t = 0; rc == PSC_OK && t < sizeof(DIGEST_SQL) / sizeof(DIGEST_SQL[0]); t++) {
+		sqlite3_stmt *st = NULL;
+		int r = sqlite3_prepare_v2(s->db, DIGEST_SQL[t], -1, &st, NULL);
+		if (r != SQLITE_OK) {
+			rc = db_fail(s, err, r, "computing the state digest");
+			break;
+		}
+		dg_u64(md, t); /* table separator */
+		while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+			int nc = sqlite3_column_count(st);
+			dg_u64(md, (uint64_t)nc);
+			for (int i = 0; i < nc; i++) {
+				int type = sqlite3_column_type(st, i);
+				dg_u64(md, (uint64_t)type);
+				if (type == SQLITE_INTEGER) {
+					dg_u64(md, (uint64_t)sqlite3_column_int64(st, i));
+				} else if (type == SQLITE_BLOB || type == SQLITE_TEXT) {
+					const void *p = type == SQLITE_BLOB
+								? sqlite3_column_blob(st, i)
+								: (const void *)sqlite3_column_text(st, i);
+					int n = sqlite3_column_bytes(st, i);
+					dg_u64(md, (uint64_t)n);
+					if (n > 0)
+						EVP_DigestUpdate(md, p, (size_t)n);
+				} else if (type == SQLITE_FLOAT) {
+					/* The schema has no REAL columns: a float is tampering. */
+					rc = corrupt_row(s, err, "(digest)");
+					break;
+				}
+			}
+			if (rc != PSC_OK)
+				break;
+		}
+		if (rc == PSC_OK && r != SQLITE_DONE)
+			rc = db_fail(s, err, r, "computing the state digest");
+		sqlite3_finalize(st);
+	}
+	unsigned int n = 0;
+	if (rc == PSC_OK && (EVP_DigestFinal_ex(md, out, &n) != 1 || n != PSC_HASH_LEN))
+		rc = psc_err_set(err, PSC_E_CRYPTO, "state digest: SHA-256 failed");
+	EVP_MD_CTX_free(md);
+	return rc;
 }

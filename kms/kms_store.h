@@ -212,4 +212,14 @@ psc_rc kms_store_next_refresh(kms_store *s, uint64_t *due_ms, bool *found,
 
 psc_rc kms_store_counts_get(kms_store *s, kms_store_counts *out, psc_err *err) PSC_WUR;
 
+/*
+ * SHA-256 over a canonical listing of every data table (peers, pscs, members,
+ * epochs, epoch_hwm; not meta, whose audit seq is per node), rows in primary
+ * key order, each value tagged with its type and length. Two stores that
+ * applied the same commands have the same digest: KMS nodes can compare it to
+ * detect divergence (§9), and tests use it to show a rejected command changed
+ * nothing. Sees the open batch, like every query.
+ */
+psc_rc kms_store_digest(kms_store *s, uint8_t out[PSC_HASH_LEN], psc_err *err) PSC_WUR;
+
 #endif
