@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "aud_ckpt.h"
 #include "aud_rec.h"
 #include "aud_testutil.h"
 #include "psc_test.h"
@@ -360,6 +361,89 @@ static void key_that_cannot_sign_fails_closed(void **state)
 	EVP_PKEY_free(pub);
 }
 
+/* Sizes of all checkpoints in dir, in file order; returns how many. */
+static size_t checkpoint_sizes(const char *dir, uint64_t *out, size_t max)
+{
+	char cpfile[4500], line[AUD_CKPT_LINE_MAX + 1];
+	snprintf(cpfile, sizeof(cpfile), "%s/checkpoints.jsonl", dir);
+	if (access(cpfile, F_OK) != 0)
+		return 0;
+	size_t n = at_nlines(cpfile);
+	assert_true(n <= max);
+	for (size_t i = 0; i < n; i++) {
+		aud_ckpt c;
+		size_t l = at_line(cpfile, i, line, sizeof(line));
+		assert_int_equal(aud_ckpt_parse(line, l, &c, NULL), PSC_OK);
+		out[i] = c.size;
+	}
+	return n;
+}
+
+static void checkpoints_follow_count_time_rotation_and_close(void **state)
+{
+	struct fx *f = *state;
+	uint64_t sz[64];
+	aud_log_opts o = {.dir = f->dir,
+			  .kms_id = "kms-test.1",
+			  .sign_key = f->key,
+			  .checkpoint_every = 10,
+			  .checkpoint_secs = 1,
+			  .segment_max_bytes = 1 << 20};
+	aud_log *log = NULL;
+	psc_err e;
+	psc_err_clear(&e);
+	assert_int_equal(aud_log_open(&log, &o, &e), PSC_OK);
+	/* Count: once 10 records are durable, the next commit checkpoints them first. */
+	at_fill(log, 10, 10);
+	assert_int_equal(checkpoint_sizes(f->dir, sz, 64), 0);
+	at_fill(log, 1, 1);
+	assert_int_equal(checkpoint_sizes(f->dir, sz, 64), 1);
+	assert_int_equal(sz[0], 10);
+	/* Time: after checkpoint_secs a tick covers what was committed since. */
+	at_fill(log, 2, 2);
+	assert_int_equal(aud_log_tick(log, &e), PSC_OK);
+	assert_int_equal(checkpoint_sizes(f->dir, sz, 64), 1); /* too early */
+	usleep(1100 * 1000);
+	assert_int_equal(aud_log_tick(log, &e), PSC_OK);
+	assert_int_equal(checkpoint_sizes(f->dir, sz, 64), 2);
+	assert_int_equal(sz[1], 13);
+	assert_int_equal(aud_log_tick(log, &e), PSC_OK); /* nothing new: no checkpoint */
+	assert_int_equal(aud_log_checkpoint(log, &e), PSC_OK);
+	assert_int_equal(checkpoint_sizes(f->dir, sz, 64), 2);
+	/* Close: a final checkpoint of everything. */
+	at_fill(log, 3, 3);
+	assert_int_equal(aud_log_close(&log, &e), PSC_OK);
+	assert_int_equal(checkpoint_sizes(f->dir, sz, 64), 3);
+	assert_int_equal(sz[2], 16);
+
+	/* Rotation: each closed segment is covered by a checkpoint of exactly its end. */
+	o.segment_max_bytes = 2048;
+	o.checkpoint_every = 1000;
+	o.checkpoint_secs = 3600;
+	assert_int_equal(aud_log_open(&log, &o, &e), PSC_OK);
+	at_fill(log, 30, 2);
+	assert_int_equal(aud_log_close(&log, &e), PSC_OK);
+	size_t ncp = checkpoint_sizes(f->dir, sz, 64);
+	unsigned nseg = at_nseg(f->dir);
+	assert_true(nseg >= 3);
+	for (unsigned s = 2; s <= nseg; s++) {
+		char line[AUD_LINE_MAX + 1];
+		at_line(at_seg(f->dir, s), 0, line, sizeof(line));
+		const char *p = strstr(line, "\"prev_last_seq\":");
+		assert_non_null(p);
+		uint64_t last = strtoull(p + strlen("\"prev_last_seq\":"), NULL, 10);
+		bool found = false;
+		for (size_t i = 0; i < ncp; i++)
+			found |= sz[i] == last;
+		if (!found)
+			fail_msg("no checkpoint at the end of segment %u (seq %llu)", s - 1,
+				 (unsigned long long)last);
+	}
+	char *out = NULL;
+	assert_int_equal(at_audit(&out, "verify", f->dir, "--pubkey", f->pub, NULL, NULL), 0);
+	free(out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -373,6 +457,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(rollback_and_bad_input_leave_no_trace, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(key_that_cannot_sign_fails_closed, setup, teardown),
+		cmocka_unit_test_setup_teardown(checkpoints_follow_count_time_rotation_and_close,
+						setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
