@@ -90,18 +90,24 @@ static char *gen_policy(size_t *len)
 	for (int i = 0; i < N_PRINCIPALS; i++) {
 		switch (i % 4) {
 		case 0:
-			sb_add(&s, "  p%02d: {subject_ou: {eq: \"OU %02d\"}, subject_o: {in_set: orgs}}\n",
-			       i, i);
+			sb_add(
+			    &s,
+			    "  p%02d: {subject_ou: {eq: \"OU %02d\"}, subject_o: {in_set: orgs}}\n",
+			    i, i);
 			break;
 		case 1:
 			sb_add(&s, "  p%02d: {subject_cn: {prefix: \"user-%02d-\"}}\n", i, i);
 			break;
 		case 2:
-			sb_add(&s, "  p%02d: {subject_cn: {glob: \"*-%02d-*\"}, issuer: {eq: \"CN=Root\"}}\n",
+			sb_add(&s,
+			       "  p%02d: {subject_cn: {glob: \"*-%02d-*\"}, issuer: {eq: "
+			       "\"CN=Root\"}}\n",
 			       i, i);
 			break;
 		default:
-			sb_add(&s, "  p%02d: {subject_ou: {in: [\"OU %02d\", \"OU x%02d\", \"OU y%02d\"]}}\n",
+			sb_add(&s,
+			       "  p%02d: {subject_ou: {in: [\"OU %02d\", \"OU x%02d\", \"OU "
+			       "y%02d\"]}}\n",
 			       i, i, i, i);
 		}
 	}
@@ -134,7 +140,8 @@ static char *gen_policy(size_t *len)
 		if (r % 2)
 			sb_add(&s, "    groups: [g%d]\n", r % N_GROUPS);
 		if (r % 5 == 1)
-			sb_add(&s, "    when: {time: {zone: Europe/Berlin, days: [mon, tue, wed, thu, fri], "
+			sb_add(&s, "    when: {time: {zone: Europe/Berlin, days: [mon, tue, wed, "
+				   "thu, fri], "
 				   "from: \"07:00\", to: \"19:00\"}}\n");
 		else if (r % 7 == 2)
 			sb_add(&s, "    when: {rate: {max: 20, per: 3600}}\n");
@@ -155,8 +162,11 @@ struct reqs {
 
 static void gen_requests(struct reqs *r)
 {
-	static const pol_action acts[] = {POL_ACT_JOIN, POL_ACT_JOIN, POL_ACT_INVITE,
-					  POL_ACT_ESTABLISH, POL_ACT_REPORT_DEPARTURE,
+	static const pol_action acts[] = {POL_ACT_JOIN,
+					  POL_ACT_JOIN,
+					  POL_ACT_INVITE,
+					  POL_ACT_ESTABLISH,
+					  POL_ACT_REPORT_DEPARTURE,
 					  POL_ACT_DESTROY};
 	uint32_t x = 12345;
 	for (int i = 0; i < N_REQ; i++) {
@@ -229,7 +239,8 @@ int main(int argc, char **argv)
 	int loads = 0;
 	do {
 		pol_policy_free(&pol);
-		if (pol_policy_load_buffer(&pol, yaml, len, "generated.yaml", NULL, &err) != PSC_OK) {
+		if (pol_policy_load_buffer(&pol, yaml, len, "generated.yaml", NULL, &err) !=
+		    PSC_OK) {
 			fprintf(stderr, "%s\n", psc_err_text(&err));
 			return 2;
 		}
@@ -280,22 +291,23 @@ int main(int argc, char **argv)
 
 	char out[4096];
 	size_t o = 0;
-	o += (size_t)snprintf(out + o, sizeof(out) - o,
-		"## Policy decisions (policy_bench)\n\n"
-		"Machine: %s, %ld cores online, %s; 1-minute load average %s when measured "
-		"(a shared machine: expect the figures to move with other work). One thread.\n\n"
-		"A generated policy of %d rules (%d principals, %d groups, a 100-entry Node-ID set, "
-		"Europe/Berlin time windows, rate and member conditions; %zu bytes) decided for "
-		"%d rotating requests (join, invite, establish, report_departure, destroy). "
-		"Load + compile of that file: %.2f ms.\n\n"
-		"| mode | decisions/s |\n|---|---|\n"
-		"| `pol_decide`, no rate state | %.0f |\n"
-		"| `pol_decide`, with rate state (the KMS case) | %.0f |\n"
-		"| `pol_decide` with explain trace (every rule, text) | %.0f |\n\n"
-		"Goal: at least 1,000,000 decisions/s on one core — %s.\n\n"
-		"Command: `build/plain/bench/policy_bench --doc`\n",
-		cpu, cores, u.machine, load, N_RULES, N_PRINCIPALS, N_GROUPS, len, N_REQ, load_ms,
-		plain.per_s, stated.per_s, explained.per_s, stated.per_s >= 1e6 ? "met" : "not met");
+	o += (size_t)snprintf(
+	    out + o, sizeof(out) - o,
+	    "## Policy decisions (policy_bench)\n\n"
+	    "Machine: %s, %ld cores online, %s; 1-minute load average %s when measured "
+	    "(a shared machine: expect the figures to move with other work). One thread.\n\n"
+	    "A generated policy of %d rules (%d principals, %d groups, a 100-entry Node-ID set, "
+	    "Europe/Berlin time windows, rate and member conditions; %zu bytes) decided for "
+	    "%d rotating requests (join, invite, establish, report_departure, destroy). "
+	    "Load + compile of that file: %.2f ms.\n\n"
+	    "| mode | decisions/s |\n|---|---|\n"
+	    "| `pol_decide`, no rate state | %.0f |\n"
+	    "| `pol_decide`, with rate state (the KMS case) | %.0f |\n"
+	    "| `pol_decide` with explain trace (every rule, text) | %.0f |\n\n"
+	    "Goal: at least 1,000,000 decisions/s on one core — %s.\n\n"
+	    "Command: `build/plain/bench/policy_bench --doc`\n",
+	    cpu, cores, u.machine, load, N_RULES, N_PRINCIPALS, N_GROUPS, len, N_REQ, load_ms,
+	    plain.per_s, stated.per_s, explained.per_s, stated.per_s >= 1e6 ? "met" : "not met");
 	if (doc) {
 		char tmp[] = "/tmp/policy_bench-XXXXXX";
 		int fd = mkstemp(tmp);

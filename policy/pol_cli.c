@@ -13,58 +13,58 @@
 #include "pol_reqfile.h"
 
 enum {
-	EXIT_OK = 0,      /* check: valid; eval: permit; test: all passed */
-	EXIT_NO = 1,      /* eval: deny; test: a case failed or a rule is uncovered;
-			     check --strict: warnings */
-	EXIT_INPUT = 2,   /* a file is unreadable or invalid, or bad usage */
-	EXIT_ASK = 3,     /* eval: ask_owner */
+	EXIT_OK = 0,	/* check: valid; eval: permit; test: all passed */
+	EXIT_NO = 1,	/* eval: deny; test: a case failed or a rule is uncovered;
+			   check --strict: warnings */
+	EXIT_INPUT = 2, /* a file is unreadable or invalid, or bad usage */
+	EXIT_ASK = 3,	/* eval: ask_owner */
 };
 
 #define EXPLAIN_BUF (256 * 1024)
 
 static const char usage_text[] =
-	"NAME\n"
-	"    psc-policy - check, evaluate and test PSC policy files\n"
-	"\n"
-	"SYNOPSIS\n"
-	"    psc-policy [--zoneinfo DIR] check [--strict] POLICY.yaml\n"
-	"    psc-policy [--zoneinfo DIR] eval POLICY.yaml REQUEST.yaml [--explain]\n"
-	"    psc-policy [--zoneinfo DIR] test POLICY.yaml TESTS.yaml [--coverage] [--verbose]\n"
-	"    psc-policy --help\n"
-	"\n"
-	"DESCRIPTION\n"
-	"    check   Loads POLICY.yaml exactly as psc-kmsd would, prints its revision\n"
-	"            (SHA-256 of the file) and every warning (rules that can never match,\n"
-	"            unused principals, groups or sets). Errors are printed as\n"
-	"            FILE:LINE:COLUMN: what is wrong.\n"
-	"    eval    Decides the request in REQUEST.yaml and prints the outcome (permit,\n"
-	"            deny, ask_owner), the rules that decided and the policy revision.\n"
-	"            --explain adds one line per rule: matched, or the first predicate\n"
-	"            that failed with the actual value, or why it could not be evaluated.\n"
-	"            Rate history comes from the request's 'recent' list.\n"
-	"    test    Runs every case of TESTS.yaml (a request, the expected outcome and\n"
-	"            optionally the expected deciding rules) and reports failures with an\n"
-	"            explain trace. --coverage also fails if a rule matched in no case.\n"
-	"            --verbose prints every case.\n"
-	"\n"
-	"OPTIONS\n"
-	"    --zoneinfo DIR   read IANA time zones from DIR (default /usr/share/zoneinfo)\n"
-	"    --strict         check: exit 1 when there are warnings\n"
-	"\n"
-	"EXIT STATUS\n"
-	"    0  check: valid | eval: permit | test: every case passed (and covered)\n"
-	"    1  check --strict: warnings | eval: deny | test: a case failed or a rule\n"
-	"       is uncovered\n"
-	"    2  bad usage, unreadable or invalid policy, request or test file\n"
-	"    3  eval: ask_owner (the KMS would ask the PSC owner)\n"
-	"\n"
-	"EXAMPLES\n"
-	"    psc-policy check /etc/psc-kms/policy.yaml\n"
-	"    psc-policy eval /etc/psc-kms/policy.yaml join.yaml --explain\n"
-	"    psc-policy test /etc/psc-kms/policy.yaml policy-tests.yaml --coverage\n"
-	"\n"
-	"SEE ALSO\n"
-	"    docs/policy.md (file formats, semantics, error catalogue), psc-kmsctl(1)\n";
+    "NAME\n"
+    "    psc-policy - check, evaluate and test PSC policy files\n"
+    "\n"
+    "SYNOPSIS\n"
+    "    psc-policy [--zoneinfo DIR] check [--strict] POLICY.yaml\n"
+    "    psc-policy [--zoneinfo DIR] eval POLICY.yaml REQUEST.yaml [--explain]\n"
+    "    psc-policy [--zoneinfo DIR] test POLICY.yaml TESTS.yaml [--coverage] [--verbose]\n"
+    "    psc-policy --help\n"
+    "\n"
+    "DESCRIPTION\n"
+    "    check   Loads POLICY.yaml exactly as psc-kmsd would, prints its revision\n"
+    "            (SHA-256 of the file) and every warning (rules that can never match,\n"
+    "            unused principals, groups or sets). Errors are printed as\n"
+    "            FILE:LINE:COLUMN: what is wrong.\n"
+    "    eval    Decides the request in REQUEST.yaml and prints the outcome (permit,\n"
+    "            deny, ask_owner), the rules that decided and the policy revision.\n"
+    "            --explain adds one line per rule: matched, or the first predicate\n"
+    "            that failed with the actual value, or why it could not be evaluated.\n"
+    "            Rate history comes from the request's 'recent' list.\n"
+    "    test    Runs every case of TESTS.yaml (a request, the expected outcome and\n"
+    "            optionally the expected deciding rules) and reports failures with an\n"
+    "            explain trace. --coverage also fails if a rule matched in no case.\n"
+    "            --verbose prints every case.\n"
+    "\n"
+    "OPTIONS\n"
+    "    --zoneinfo DIR   read IANA time zones from DIR (default /usr/share/zoneinfo)\n"
+    "    --strict         check: exit 1 when there are warnings\n"
+    "\n"
+    "EXIT STATUS\n"
+    "    0  check: valid | eval: permit | test: every case passed (and covered)\n"
+    "    1  check --strict: warnings | eval: deny | test: a case failed or a rule\n"
+    "       is uncovered\n"
+    "    2  bad usage, unreadable or invalid policy, request or test file\n"
+    "    3  eval: ask_owner (the KMS would ask the PSC owner)\n"
+    "\n"
+    "EXAMPLES\n"
+    "    psc-policy check /etc/psc-kms/policy.yaml\n"
+    "    psc-policy eval /etc/psc-kms/policy.yaml join.yaml --explain\n"
+    "    psc-policy test /etc/psc-kms/policy.yaml policy-tests.yaml --coverage\n"
+    "\n"
+    "SEE ALSO\n"
+    "    docs/policy.md (file formats, semantics, error catalogue), psc-kmsctl(1)\n";
 
 static int usage_error(const char *msg)
 {

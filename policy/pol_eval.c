@@ -56,14 +56,14 @@ struct ctx {
 	char why[320];
 };
 
-#define WHY(c, ...)                                                                   \
-	do {                                                                          \
-		if ((c)->explain)                                                     \
-			snprintf((c)->why, sizeof((c)->why), __VA_ARGS__);           \
+#define WHY(c, ...)                                                                                \
+	do {                                                                                       \
+		if ((c)->explain)                                                                  \
+			snprintf((c)->why, sizeof((c)->why), __VA_ARGS__);                         \
 	} while (0)
 
 static const char *const attr_names[POL_A_COUNT] = {"subject_cn", "subject_ou", "subject_o",
-						    "issuer",     "node_id",    "fingerprint"};
+						    "issuer",	  "node_id",	"fingerprint"};
 
 static int bsearch_str(const char *const *v, size_t n, const char *s)
 {
@@ -253,8 +253,9 @@ static pol_res eval_principals(struct ctx *c, const uint8_t *idx, size_t n, cons
 	}
 	if (c->explain) {
 		if (n > 1 && res == POL_R_NOMATCH)
-			snprintf(c->why, sizeof(c->why), "%s matches none of %zu principals (first: %.200s)",
-				 who, n, first_why);
+			snprintf(c->why, sizeof(c->why),
+				 "%s matches none of %zu principals (first: %.200s)", who, n,
+				 first_why);
 		else
 			memcpy(c->why, first_why, sizeof(c->why));
 	}
@@ -281,7 +282,8 @@ pol_res pol_match_psc(const pol_pscmatch *m, const char *name, const pol_label *
 		}
 		if (!match_str(&m->name, name)) {
 			if (why)
-				snprintf(why, why_len, "PSC name '%s' is not %s", name, m->name.text);
+				snprintf(why, why_len, "PSC name '%s' is not %s", name,
+					 m->name.text);
 			return POL_R_NOMATCH;
 		}
 	}
@@ -325,22 +327,22 @@ static pol_res eval_rule(struct ctx *c, const pol_rule *r)
 	char err_why[sizeof(c->why)]; /* only touched when explaining */
 	if (c->explain)
 		err_why[0] = '\0';
-#define STEP(expr)                                                                 \
-	do {                                                                       \
-		pol_res r_ = (expr);                                               \
-		if (r_ == POL_R_NOMATCH)                                           \
-			return POL_R_NOMATCH;                                      \
-		if (r_ == POL_R_ERROR && res == POL_R_MATCH) {                     \
-			res = POL_R_ERROR;                                         \
-			if (c->explain)                                            \
-				memcpy(err_why, c->why, sizeof(err_why));          \
-		}                                                                  \
+#define STEP(expr)                                                                                 \
+	do {                                                                                       \
+		pol_res r_ = (expr);                                                               \
+		if (r_ == POL_R_NOMATCH)                                                           \
+			return POL_R_NOMATCH;                                                      \
+		if (r_ == POL_R_ERROR && res == POL_R_MATCH) {                                     \
+			res = POL_R_ERROR;                                                         \
+			if (c->explain)                                                            \
+				memcpy(err_why, c->why, sizeof(err_why));                          \
+		}                                                                                  \
 	} while (0)
 
 	/* Cheapest predicates first; the result does not depend on the order. */
 	if (r->owner >= 0) {
-		bool is_owner = memcmp(q->requester.node_id, q->psc->owner_node_id,
-				       PSC_NODE_ID_LEN) == 0;
+		bool is_owner =
+		    memcmp(q->requester.node_id, q->psc->owner_node_id, PSC_NODE_ID_LEN) == 0;
 		if (is_owner != (r->owner == 1)) {
 			WHY(c, "requester %s the PSC owner", is_owner ? "is" : "is not");
 			return POL_R_NOMATCH;
@@ -396,7 +398,9 @@ static pol_res eval_rule(struct ctx *c, const pol_rule *r)
 				unsigned mo, d;
 				pol_civil_from_days(day, &y, &mo, &d);
 				int64_t sec = local - day * 86400;
-				WHY(c, "local time %04lld-%02u-%02u %02lld:%02lld (%s) is outside %s%s",
+				WHY(c,
+				    "local time %04lld-%02u-%02u %02lld:%02lld (%s) is outside "
+				    "%s%s",
 				    (long long)y, mo, d, (long long)(sec / 3600),
 				    (long long)(sec / 60 % 60), pol_tz_name(w->tz), w->text,
 				    r->n_windows > 1 ? " and the other windows" : "");
@@ -490,11 +494,12 @@ psc_rc pol_limits_for(const pol_policy *pol, const char *psc_name, const pol_lab
 		return psc_err_set(err, PSC_E_INVALID_ARG, "pol_limits_for: NULL argument");
 	const char *conflict = NULL;
 	if (!limits_merge(pol, psc_name, labels, n_labels, out, &conflict, NULL))
-		return psc_err_set(err, PSC_E_POLICY_CONFLICT,
-				   "PSC '%s': group '%s' leaves no allowed refresh interval, suite "
-				   "or wrap algorithm together with the defaults and the PSC's other "
-				   "groups; fix the groups' limits in %s",
-				   psc_name ? psc_name : "", conflict, pol->file);
+		return psc_err_set(
+		    err, PSC_E_POLICY_CONFLICT,
+		    "PSC '%s': group '%s' leaves no allowed refresh interval, suite "
+		    "or wrap algorithm together with the defaults and the PSC's other "
+		    "groups; fix the groups' limits in %s",
+		    psc_name ? psc_name : "", conflict, pol->file);
 	return PSC_OK;
 }
 
@@ -517,8 +522,8 @@ static const char *check_limits(struct ctx *c, bool *error)
 		return NULL;
 	pol_limits lim;
 	const char *conflict = NULL;
-	if (!limits_merge(c->pol, q->psc->name, q->psc->labels, q->psc->n_labels, &lim,
-			  &conflict, c->explain ? NULL : c->grp)) {
+	if (!limits_merge(c->pol, q->psc->name, q->psc->labels, q->psc->n_labels, &lim, &conflict,
+			  c->explain ? NULL : c->grp)) {
 		*error = true;
 		WHY(c, "the limits of group '%s' conflict with the PSC's other limits", conflict);
 		return "limit.conflict";
@@ -534,7 +539,8 @@ static const char *check_limits(struct ctx *c, bool *error)
 			for (size_t j = 0; j < lim.n_suites; j++)
 				any |= q->suites[i] == lim.suites[j];
 		if (!any) {
-			WHY(c, "none of the %zu offered suites is allowed for this PSC", q->n_suites);
+			WHY(c, "none of the %zu offered suites is allowed for this PSC",
+			    q->n_suites);
 			return "limit.suites";
 		}
 	}
@@ -601,12 +607,14 @@ psc_rc pol_decide(const pol_policy *pol, const pol_state *state, const pol_reque
 		return PSC_E_POLICY_REQUEST;
 	}
 	if ((req->action != POL_ACT_INITIALIZE && !req->psc) ||
-	    (req->action == POL_ACT_INVITE && !req->invitee) ||
-	    (req->n_suites && !req->suites) || (req->n_wrap_algs && !req->wrap_algs) ||
+	    (req->action == POL_ACT_INVITE && !req->invitee) || (req->n_suites && !req->suites) ||
+	    (req->n_wrap_algs && !req->wrap_algs) ||
 	    (req->psc && req->psc->n_labels && !req->psc->labels)) {
 		ex_printf(ex, "request is malformed: %s needs %s\ndecision: deny\n",
 			  pol_action_name(req->action),
-			  !req->psc ? "a PSC" : !req->invitee ? "an invitee" : "consistent lists");
+			  !req->psc	  ? "a PSC"
+			  : !req->invitee ? "an invitee"
+					  : "consistent lists");
 		return PSC_E_POLICY_REQUEST;
 	}
 	struct ctx c;

@@ -98,9 +98,9 @@ typedef struct pol_group {
 
 typedef struct pol_window {
 	const pol_tz *tz;
-	uint8_t days;       /* bit 0 = Monday ... bit 6 = Sunday */
-	uint16_t from, to;  /* minutes after local midnight; from > to wraps midnight */
-	const char *text;   /* "Europe/Berlin mon-fri 08:00-18:00" for traces */
+	uint8_t days;	   /* bit 0 = Monday ... bit 6 = Sunday */
+	uint16_t from, to; /* minutes after local midnight; from > to wraps midnight */
+	const char *text;  /* "Europe/Berlin mon-fri 08:00-18:00" for traces */
 } pol_window;
 
 typedef struct pol_rule {

@@ -31,7 +31,7 @@ struct ld {
 #define OOM(l) psc_err_set((l)->err, PSC_E_NOMEM, "%s: out of memory", (l)->d->file)
 
 static void warn(struct ld *l, unsigned line, unsigned col, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 static void warn(struct ld *l, unsigned line, unsigned col, const char *fmt, ...)
 {
 	if (l->n_warnings >= POL_WARNINGS_MAX)
@@ -50,7 +50,7 @@ static void warn(struct ld *l, unsigned line, unsigned col, const char *fmt, ...
 /* ---- names ---------------------------------------------------------------- */
 
 static const char *const action_names[POL_ACT_COUNT] = {
-	"initialize", "establish", "join", "invite", "destroy", "report_departure"};
+    "initialize", "establish", "join", "invite", "destroy", "report_departure"};
 
 const char *pol_action_name(pol_action a)
 {
@@ -306,9 +306,10 @@ static psc_rc load_matcher(struct ld *l, const pol_ynode *n, enum pol_vtype t, c
 		if (strcmp(k->s, names[i]) == 0)
 			kind = i;
 	if (kind < 0)
-		return pol_yerr(l->err, PSC_E_POLICY_SCHEMA, l->d->file, k,
-				"unknown matcher '%s' in %s (allowed: eq, in, prefix, glob, in_set)",
-				k->s, what);
+		return pol_yerr(
+		    l->err, PSC_E_POLICY_SCHEMA, l->d->file, k,
+		    "unknown matcher '%s' in %s (allowed: eq, in, prefix, glob, in_set)", k->s,
+		    what);
 	m->kind = (enum pol_mkind)kind;
 	m->type = t;
 	if (t != POL_T_STR && (m->kind == POL_M_PREFIX || m->kind == POL_M_GLOB))
@@ -415,7 +416,7 @@ static psc_rc load_pscmatch(struct ld *l, const pol_ynode *n, const char *what, 
 /* ---- principals ----------------------------------------------------------- */
 
 static const char *const attr_keys[POL_A_COUNT] = {"subject_cn", "subject_ou", "subject_o",
-						   "issuer",     "node_id",    "fingerprint"};
+						   "issuer",	 "node_id",    "fingerprint"};
 
 static int matcher_cost(const pol_matcher *m)
 {
@@ -448,8 +449,8 @@ static psc_rc load_principals(struct ld *l, const pol_ynode *n)
 	l->principals = pol_arena_alloc(l->a, (n->n + 1) * sizeof(*l->principals));
 	if (!l->principals)
 		return OOM(l);
-	static const char *const keys[] = {"subject_cn", "subject_ou",  "subject_o", "issuer",
-					   "node_id",    "fingerprint", "description", NULL};
+	static const char *const keys[] = {"subject_cn", "subject_ou",	"subject_o",   "issuer",
+					   "node_id",	 "fingerprint", "description", NULL};
 	for (size_t i = 0; i < n->n; i++) {
 		pol_principal *p = &l->principals[i];
 		const pol_ynode *k = n->keys[i], *v = n->items[i];
@@ -480,7 +481,7 @@ static psc_rc load_principals(struct ld *l, const pol_ynode *n)
 			int a = 0;
 			while (strcmp(attr_keys[a], key) != 0)
 				a++;
-			enum pol_vtype t = a == POL_A_NODE_ID	  ? POL_T_NODE
+			enum pol_vtype t = a == POL_A_NODE_ID	    ? POL_T_NODE
 					   : a == POL_A_FINGERPRINT ? POL_T_FP
 								    : POL_T_STR;
 			char w[160];
@@ -500,8 +501,8 @@ static psc_rc load_principals(struct ld *l, const pol_ynode *n)
 		/* All attributes must match, so test the cheapest first (stable, so
 		 * explain traces stay predictable). */
 		for (size_t a1 = 1; a1 < na; a1++)
-			for (size_t a2 = a1; a2 > 0 && matcher_cost(&am[a2].m) <
-							 matcher_cost(&am[a2 - 1].m);
+			for (size_t a2 = a1;
+			     a2 > 0 && matcher_cost(&am[a2].m) < matcher_cost(&am[a2 - 1].m);
 			     a2--) {
 				pol_attr_match t = am[a2];
 				am[a2] = am[a2 - 1];
@@ -582,15 +583,15 @@ static psc_rc load_limits(struct ld *l, const pol_ynode *n, const char *what, po
 			return rc;
 		const pol_ynode *y;
 		if ((y = pol_yget(x, "min"))) {
-			if ((rc = pol_yint(l->d, y, "refresh.min", 1, REFRESH_MAX_S, &v,
-					   l->err)) != PSC_OK)
+			if ((rc = pol_yint(l->d, y, "refresh.min", 1, REFRESH_MAX_S, &v, l->err)) !=
+			    PSC_OK)
 				return rc;
 			ls->has_refresh_min = true;
 			ls->v.refresh_min = (uint32_t)v;
 		}
 		if ((y = pol_yget(x, "max"))) {
-			if ((rc = pol_yint(l->d, y, "refresh.max", 1, REFRESH_MAX_S, &v,
-					   l->err)) != PSC_OK)
+			if ((rc = pol_yint(l->d, y, "refresh.max", 1, REFRESH_MAX_S, &v, l->err)) !=
+			    PSC_OK)
 				return rc;
 			ls->has_refresh_max = true;
 			ls->v.refresh_max = (uint32_t)v;
@@ -627,15 +628,14 @@ static psc_rc load_limits(struct ld *l, const pol_ynode *n, const char *what, po
 				return rc;
 			int id = pol_suite_from_name(s);
 			if (id < 0)
-				return pol_yerr(l->err, PSC_E_POLICY_SCHEMA, l->d->file,
-						x->items[i],
-						"unknown suite '%s' (known: aes256gcm-hkdf-sha256)",
-						s);
+				return pol_yerr(
+				    l->err, PSC_E_POLICY_SCHEMA, l->d->file, x->items[i],
+				    "unknown suite '%s' (known: aes256gcm-hkdf-sha256)", s);
 			for (size_t j = 0; j < i; j++)
 				if (ls->v.suites[j] == id)
-					return pol_yerr(l->err, PSC_E_POLICY_DUPLICATE,
-							l->d->file, x->items[i],
-							"suite '%s' is listed twice", s);
+					return pol_yerr(l->err, PSC_E_POLICY_DUPLICATE, l->d->file,
+							x->items[i], "suite '%s' is listed twice",
+							s);
 			ls->v.suites[i] = (uint16_t)id;
 		}
 		ls->has_suites = true;
@@ -654,15 +654,15 @@ static psc_rc load_limits(struct ld *l, const pol_ynode *n, const char *what, po
 				return rc;
 			int id = pol_wrap_from_name(s);
 			if (id < 0)
-				return pol_yerr(l->err, PSC_E_POLICY_SCHEMA, l->d->file,
-						x->items[i],
-						"unknown wrap algorithm '%s' (known: rsa-oaep-sha1, "
-						"rsa-oaep-sha256, ecdh-p256-aesprf-kwp)",
-						s);
+				return pol_yerr(
+				    l->err, PSC_E_POLICY_SCHEMA, l->d->file, x->items[i],
+				    "unknown wrap algorithm '%s' (known: rsa-oaep-sha1, "
+				    "rsa-oaep-sha256, ecdh-p256-aesprf-kwp)",
+				    s);
 			for (size_t j = 0; j < i; j++)
 				if (ls->v.wrap_algs[j] == id)
-					return pol_yerr(l->err, PSC_E_POLICY_DUPLICATE,
-							l->d->file, x->items[i],
+					return pol_yerr(l->err, PSC_E_POLICY_DUPLICATE, l->d->file,
+							x->items[i],
 							"wrap algorithm '%s' is listed twice", s);
 			ls->v.wrap_algs[i] = (uint8_t)id;
 		}
@@ -758,8 +758,8 @@ static psc_rc load_window(struct ld *l, const pol_ynode *n, pol_window *w)
 	if ((rc = pol_ystr(l->d, z, "zone", &zs, l->err)) != PSC_OK)
 		return rc;
 	char why[300];
-	rc = pol_tz_load(l->a, zs, l->opts ? l->opts->zoneinfo_dir : NULL, &w->tz, why,
-			 sizeof(why));
+	rc =
+	    pol_tz_load(l->a, zs, l->opts ? l->opts->zoneinfo_dir : NULL, &w->tz, why, sizeof(why));
 	if (rc == PSC_E_NOMEM)
 		return OOM(l);
 	if (rc != PSC_OK)
@@ -790,9 +790,9 @@ static psc_rc load_window(struct ld *l, const pol_ynode *n, pol_window *w)
 				if (strcmp(s, days[j]) == 0)
 					day = j;
 			if (day < 0)
-				return pol_yerr(l->err, PSC_E_POLICY_SCHEMA, l->d->file,
-						d->items[i],
-						"unknown day '%s' (use mon tue wed thu fri sat sun)", s);
+				return pol_yerr(
+				    l->err, PSC_E_POLICY_SCHEMA, l->d->file, d->items[i],
+				    "unknown day '%s' (use mon tue wed thu fri sat sun)", s);
 			if (w->days & (1u << day))
 				return pol_yerr(l->err, PSC_E_POLICY_DUPLICATE, l->d->file,
 						d->items[i], "day '%s' is listed twice", s);
@@ -916,8 +916,8 @@ static psc_rc load_when(struct ld *l, const pol_ynode *n, pol_rule *r, const cha
 
 static psc_rc load_rule(struct ld *l, const pol_ynode *n, pol_rule *r)
 {
-	static const char *const keys[] = {"id",     "description", "effect", "actions",
-					   "principals", "groups",  "psc",    "when", NULL};
+	static const char *const keys[] = {
+	    "id", "description", "effect", "actions", "principals", "groups", "psc", "when", NULL};
 	psc_rc rc = pol_yexpect(l->d, n, POL_Y_MAP, "a rule", l->err);
 	if (rc != PSC_OK || (rc = pol_yonly(l->d, n, "a rule", keys, l->err)) != PSC_OK)
 		return rc;
@@ -1012,9 +1012,9 @@ static psc_rc load_rule(struct ld *l, const pol_ynode *n, pol_rule *r)
 						s);
 			for (size_t j = 0; j < i; j++)
 				if (g[j] == g[i])
-					return pol_yerr(l->err, PSC_E_POLICY_DUPLICATE,
-							l->d->file, x->items[i],
-							"group '%s' is listed twice", s);
+					return pol_yerr(l->err, PSC_E_POLICY_DUPLICATE, l->d->file,
+							x->items[i], "group '%s' is listed twice",
+							s);
 			l->groups[g[i]->idx].used = true;
 			r->gidx[i] = (uint8_t)g[i]->idx;
 		}
@@ -1032,10 +1032,11 @@ static psc_rc load_rule(struct ld *l, const pol_ynode *n, pol_rule *r)
 	if (!psc_cond && (x = pol_yget(n, "when")))
 		psc_cond = pol_yget(x, "owner") ? pol_yget(x, "owner") : pol_yget(x, "members");
 	if (psc_cond && (r->actions & (1u << POL_ACT_INITIALIZE)))
-		return pol_yerr(l->err, PSC_E_POLICY_RULE, l->d->file, psc_cond,
-				"rule '%s': initialize has no PSC, so groups, psc, when.owner and "
-				"when.members cannot apply to it; put initialize in a separate rule",
-				r->id);
+		return pol_yerr(
+		    l->err, PSC_E_POLICY_RULE, l->d->file, psc_cond,
+		    "rule '%s': initialize has no PSC, so groups, psc, when.owner and "
+		    "when.members cannot apply to it; put initialize in a separate rule",
+		    r->id);
 	return PSC_OK;
 }
 
@@ -1060,8 +1061,8 @@ static bool rule_never(const pol_rule *r)
 
 static bool rule_unconditional(const pol_rule *r)
 {
-	return !r->n_principals && !r->n_groups && !r->has_psc && r->owner < 0 &&
-	       !r->n_invitee && !r->has_members && !r->n_windows && !r->has_rate;
+	return !r->n_principals && !r->n_groups && !r->has_psc && r->owner < 0 && !r->n_invitee &&
+	       !r->has_members && !r->n_windows && !r->has_rate;
 }
 
 static int cmp_rule(const void *a, const void *b)
@@ -1113,7 +1114,7 @@ static psc_rc load_rules(struct ld *l, const pol_ynode *n)
 	qsort(rules, n->n, sizeof(*rules), cmp_rule);
 	l->pol->rules = rules;
 	l->pol->n_rules = n->n;
-	uint64_t (*pm)[POL_PRINCIPALS_MAX / 64] = pol_arena_alloc(l->a, (n->n + 1) * sizeof(*pm));
+	uint64_t(*pm)[POL_PRINCIPALS_MAX / 64] = pol_arena_alloc(l->a, (n->n + 1) * sizeof(*pm));
 	if (!pm)
 		return OOM(l);
 	for (size_t i = 0; i < n->n; i++)
@@ -1124,18 +1125,20 @@ static psc_rc load_rules(struct ld *l, const pol_ynode *n)
 				if (rules[i].actions >> a & 1)
 					l->pol->action_pmask[a][b / 64] |= 1ull << (b % 64);
 		}
-	l->pol->rule_pmask = (const uint64_t(*)[POL_PRINCIPALS_MAX / 64])pm;
+	l->pol->rule_pmask = (const uint64_t(*)[POL_PRINCIPALS_MAX / 64]) pm;
 	for (int a = 0; a < POL_ACT_COUNT; a++)
 		for (int e = 0; e < POL_E_COUNT; e++) {
 			size_t cnt = 0;
 			for (size_t i = 0; i < n->n; i++)
-				cnt += (rules[i].actions >> a & 1) && rules[i].effect == (enum pol_effect)e;
+				cnt += (rules[i].actions >> a & 1) &&
+				       rules[i].effect == (enum pol_effect)e;
 			uint32_t *v = pol_arena_alloc(l->a, (cnt + 1) * sizeof(*v));
 			if (!v)
 				return OOM(l);
 			cnt = 0;
 			for (size_t i = 0; i < n->n; i++)
-				if ((rules[i].actions >> a & 1) && rules[i].effect == (enum pol_effect)e)
+				if ((rules[i].actions >> a & 1) &&
+				    rules[i].effect == (enum pol_effect)e)
 					v[cnt++] = (uint32_t)i;
 			l->pol->by_action[a][e] = v;
 			l->pol->n_by_action[a][e] = cnt;
@@ -1209,10 +1212,11 @@ static psc_rc compile(struct ld *l, const pol_ynode *root)
 		}
 		if (d->refresh_min > d->refresh_max || d->refresh_default < d->refresh_min ||
 		    d->refresh_default > d->refresh_max)
-			return pol_yerr(l->err, PSC_E_POLICY_SCHEMA, l->d->file, x,
-					"defaults: refresh min %u / default %u / max %u are not "
-					"ordered min <= default <= max (built-in: 60 / 3600 / 86400)",
-					d->refresh_min, d->refresh_default, d->refresh_max);
+			return pol_yerr(
+			    l->err, PSC_E_POLICY_SCHEMA, l->d->file, x,
+			    "defaults: refresh min %u / default %u / max %u are not "
+			    "ordered min <= default <= max (built-in: 60 / 3600 / 86400)",
+			    d->refresh_min, d->refresh_default, d->refresh_max);
 	}
 	const pol_ynode *rules = pol_yget(root, "rules");
 	if (!rules)

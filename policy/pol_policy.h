@@ -25,16 +25,16 @@
 
 /* Named caps (docs/policy.md "Limits of the loader"). */
 #define POL_FILE_MAX (1024 * 1024) /* bytes in one policy, request or test file */
-#define POL_DEPTH_MAX 16           /* nesting of YAML mappings and sequences */
-#define POL_NODES_MAX 200000       /* YAML nodes in one file */
-#define POL_ITEMS_MAX 10000        /* entries in one mapping or sequence */
-#define POL_SCALAR_MAX 1024        /* bytes in one YAML scalar */
-#define POL_NAME_MAX 64            /* rule ids, principal, group and set names */
-#define POL_RATE_MAX 256           /* largest rate.max (events kept per counter) */
+#define POL_DEPTH_MAX 16	   /* nesting of YAML mappings and sequences */
+#define POL_NODES_MAX 200000	   /* YAML nodes in one file */
+#define POL_ITEMS_MAX 10000	   /* entries in one mapping or sequence */
+#define POL_SCALAR_MAX 1024	   /* bytes in one YAML scalar */
+#define POL_NAME_MAX 64		   /* rule ids, principal, group and set names */
+#define POL_RATE_MAX 256	   /* largest rate.max (events kept per counter) */
 #define POL_DECISION_RULES_MAX 8   /* rule ids a decision reports */
-#define POL_LABELS_MAX 32          /* labels on one PSC in a request */
-#define POL_ALGS_MAX 16            /* suites / wrap algorithms in a request or limit */
-#define POL_REVISION_LEN 64        /* hex SHA-256 of the policy bytes */
+#define POL_LABELS_MAX 32	   /* labels on one PSC in a request */
+#define POL_ALGS_MAX 16		   /* suites / wrap algorithms in a request or limit */
+#define POL_REVISION_LEN 64	   /* hex SHA-256 of the policy bytes */
 
 typedef enum pol_action {
 	POL_ACT_INITIALIZE = 0,
@@ -91,7 +91,7 @@ typedef struct pol_request {
 	pol_action action;
 	int64_t now; /* UTC seconds since the Unix epoch, from the caller */
 	pol_peer requester;
-	const pol_psc *psc;      /* NULL for initialize */
+	const pol_psc *psc;	 /* NULL for initialize */
 	const pol_peer *invitee; /* invite only */
 	const uint16_t *suites;
 	size_t n_suites;
@@ -107,7 +107,7 @@ typedef struct pol_decision {
 	const char *rules[POL_DECISION_RULES_MAX];
 	size_t n_rules;
 	bool rules_truncated;
-	bool forbid_error; /* denied because a forbid could not be evaluated */
+	bool forbid_error;    /* denied because a forbid could not be evaluated */
 	const char *revision; /* policy revision that decided; borrowed */
 } pol_decision;
 
@@ -200,7 +200,7 @@ void pol_state_free(pol_state **st);
 void pol_state_record(pol_state *st, const uint8_t node_id[PSC_NODE_ID_LEN], pol_action a,
 		      int64_t now);
 /* Events recorded for the key in (now - window, now]; at most POL_RATE_MAX. */
-uint32_t pol_state_count(const pol_state *st, const uint8_t node_id[PSC_NODE_ID_LEN],
-			 pol_action a, int64_t now, int64_t window);
+uint32_t pol_state_count(const pol_state *st, const uint8_t node_id[PSC_NODE_ID_LEN], pol_action a,
+			 int64_t now, int64_t window);
 
 #endif

@@ -62,18 +62,21 @@ bool pol_parse_time(const char *s, int64_t *out)
 static psc_rc parse_peer(const pol_ydoc *d, const pol_ynode *n, const char *what, pol_peer *p,
 			 psc_err *err)
 {
-	static const char *const keys[] = {"subject_cn", "subject_ou",  "subject_o",
-					   "issuer",     "node_id",     "fingerprint", NULL};
+	static const char *const keys[] = {"subject_cn", "subject_ou",	"subject_o", "issuer",
+					   "node_id",	 "fingerprint", NULL};
 	psc_rc rc = pol_yexpect(d, n, POL_Y_MAP, what, err);
 	if (rc != PSC_OK || (rc = pol_yonly(d, n, what, keys, err)) != PSC_OK)
 		return rc;
 	memset(p, 0, sizeof(*p));
 	const pol_ynode *x;
-	if ((x = pol_yget(n, "subject_cn")) && (rc = pol_ystr(d, x, "subject_cn", &p->subject_cn, err)))
+	if ((x = pol_yget(n, "subject_cn")) &&
+	    (rc = pol_ystr(d, x, "subject_cn", &p->subject_cn, err)))
 		return rc;
-	if ((x = pol_yget(n, "subject_ou")) && (rc = pol_ystr(d, x, "subject_ou", &p->subject_ou, err)))
+	if ((x = pol_yget(n, "subject_ou")) &&
+	    (rc = pol_ystr(d, x, "subject_ou", &p->subject_ou, err)))
 		return rc;
-	if ((x = pol_yget(n, "subject_o")) && (rc = pol_ystr(d, x, "subject_o", &p->subject_o, err)))
+	if ((x = pol_yget(n, "subject_o")) &&
+	    (rc = pol_ystr(d, x, "subject_o", &p->subject_o, err)))
 		return rc;
 	if ((x = pol_yget(n, "issuer")) && (rc = pol_ystr(d, x, "issuer", &p->issuer, err)))
 		return rc;
@@ -82,7 +85,8 @@ static psc_rc parse_peer(const pol_ydoc *d, const pol_ynode *n, const char *what
 	if ((rc = pol_yhex(d, x, "node_id", p->node_id, PSC_NODE_ID_LEN, err)) != PSC_OK)
 		return rc;
 	if ((x = pol_yget(n, "fingerprint"))) {
-		if ((rc = pol_yhex(d, x, "fingerprint", p->fingerprint, PSC_HASH_LEN, err)) != PSC_OK)
+		if ((rc = pol_yhex(d, x, "fingerprint", p->fingerprint, PSC_HASH_LEN, err)) !=
+		    PSC_OK)
 			return rc;
 		p->has_fingerprint = true;
 	}
@@ -91,8 +95,8 @@ static psc_rc parse_peer(const pol_ydoc *d, const pol_ynode *n, const char *what
 
 psc_rc pol_reqdoc_parse(const pol_ydoc *d, const pol_ynode *n, pol_reqdoc *out, psc_err *err)
 {
-	static const char *const keys[] = {"action",  "now",    "requester", "psc",
-					   "invitee", "suites", "wrap_algs", "recent", NULL};
+	static const char *const keys[] = {"action", "now",	  "requester", "psc", "invitee",
+					   "suites", "wrap_algs", "recent",    NULL};
 	psc_rc rc = pol_yexpect(d, n, POL_Y_MAP, "the request", err);
 	if (rc != PSC_OK || (rc = pol_yonly(d, n, "the request", keys, err)) != PSC_OK)
 		return rc;
@@ -119,7 +123,8 @@ psc_rc pol_reqdoc_parse(const pol_ydoc *d, const pol_ynode *n, pol_reqdoc *out, 
 				"'%s'",
 				s);
 	if (!(x = pol_yget(n, "requester")))
-		return pol_yerr(err, PSC_E_POLICY_SCHEMA, d->file, n, "the request needs 'requester'");
+		return pol_yerr(err, PSC_E_POLICY_SCHEMA, d->file, n,
+				"the request needs 'requester'");
 	if ((rc = parse_peer(d, x, "requester", &q->requester, err)) != PSC_OK)
 		return rc;
 	if ((x = pol_yget(n, "psc"))) {
@@ -128,7 +133,8 @@ psc_rc pol_reqdoc_parse(const pol_ydoc *d, const pol_ynode *n, pol_reqdoc *out, 
 		    (rc = pol_yonly(d, x, "psc", pk, err)) != PSC_OK)
 			return rc;
 		const pol_ynode *y;
-		if ((y = pol_yget(x, "name")) && (rc = pol_ystr(d, y, "psc.name", &out->psc.name, err)))
+		if ((y = pol_yget(x, "name")) &&
+		    (rc = pol_ystr(d, y, "psc.name", &out->psc.name, err)))
 			return rc;
 		if ((y = pol_yget(x, "labels"))) {
 			if ((rc = pol_yexpect(d, y, POL_Y_MAP, "psc.labels", err)) != PSC_OK)
@@ -169,7 +175,8 @@ psc_rc pol_reqdoc_parse(const pol_ydoc *d, const pol_ynode *n, pol_reqdoc *out, 
 			return rc;
 		q->invitee = &out->invitee;
 	} else if (q->action == POL_ACT_INVITE) {
-		return pol_yerr(err, PSC_E_POLICY_SCHEMA, d->file, n, "action invite needs 'invitee'");
+		return pol_yerr(err, PSC_E_POLICY_SCHEMA, d->file, n,
+				"action invite needs 'invitee'");
 	}
 	if ((x = pol_yget(n, "suites"))) {
 		if ((rc = pol_yexpect(d, x, POL_Y_SEQ, "suites", err)) != PSC_OK)
@@ -339,7 +346,8 @@ psc_rc pol_testfile_load(pol_arena *a, const char *path, pol_testcase **cases, s
 			if (!r)
 				return PSC_E_NOMEM;
 			for (size_t j = 0; j < x->n; j++)
-				if ((rc = pol_ystr(&d, x->items[j], "rule id", &r[j], err)) != PSC_OK)
+				if ((rc = pol_ystr(&d, x->items[j], "rule id", &r[j], err)) !=
+				    PSC_OK)
 					return rc;
 			c[i].rules = r;
 			c[i].n_rules = x->n;

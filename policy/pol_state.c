@@ -72,7 +72,8 @@ static struct entry *find(const pol_state *st, const uint8_t *node_id, pol_actio
 {
 	struct entry *b = &st->e[bucket(st, node_id, a) * WAYS];
 	for (int i = 0; i < WAYS; i++)
-		if (b[i].used && b[i].action == a && memcmp(b[i].node_id, node_id, PSC_NODE_ID_LEN) == 0)
+		if (b[i].used && b[i].action == a &&
+		    memcmp(b[i].node_id, node_id, PSC_NODE_ID_LEN) == 0)
 			return &b[i];
 	return NULL;
 }
@@ -107,8 +108,8 @@ void pol_state_record(pol_state *st, const uint8_t node_id[PSC_NODE_ID_LEN], pol
 		e->last = now;
 }
 
-uint32_t pol_state_count(const pol_state *st, const uint8_t node_id[PSC_NODE_ID_LEN],
-			 pol_action a, int64_t now, int64_t window)
+uint32_t pol_state_count(const pol_state *st, const uint8_t node_id[PSC_NODE_ID_LEN], pol_action a,
+			 int64_t now, int64_t window)
 {
 	if (!st || !node_id || (unsigned)a >= POL_ACT_COUNT || window <= 0 ||
 	    window > ((int64_t)1 << 40) || now > ((int64_t)1 << 40) || now < -((int64_t)1 << 40))

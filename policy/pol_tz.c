@@ -19,8 +19,8 @@ enum rule_kind { RULE_JULIAN1, RULE_JULIAN0, RULE_MWD };
 
 struct tz_rule {
 	enum rule_kind kind;
-	int m, w, d; /* Mm.w.d */
-	int n;       /* Jn (1..365) or n (0..365) */
+	int m, w, d;  /* Mm.w.d */
+	int n;	      /* Jn (1..365) or n (0..365) */
 	int32_t time; /* seconds after local midnight (may be negative or > 24h) */
 };
 
@@ -267,8 +267,8 @@ static bool read_hdr(const uint8_t *p, size_t left, struct tzif_hdr *h, char *ve
 
 static uint64_t block_len(const struct tzif_hdr *h, unsigned tsize)
 {
-	return (uint64_t)h->timecnt * tsize + h->timecnt + (uint64_t)h->typecnt * 6 +
-	       h->charcnt + (uint64_t)h->leap * (tsize + 4) + h->isstd + h->isut;
+	return (uint64_t)h->timecnt * tsize + h->timecnt + (uint64_t)h->typecnt * 6 + h->charcnt +
+	       (uint64_t)h->leap * (tsize + 4) + h->isstd + h->isut;
 }
 
 psc_rc pol_tz_parse(pol_arena *a, const uint8_t *buf, size_t len, const pol_tz **out, char *why,
@@ -349,7 +349,8 @@ psc_rc pol_tz_parse(pol_arena *a, const uint8_t *buf, size_t len, const pol_tz *
 	memcpy(footer, p + 1, (size_t)(nl - p - 1));
 	footer[nl - p - 1] = '\0';
 	if (footer[0] && !parse_footer(tz, footer)) {
-		why_set(why, why_len, "TZif footer is not a POSIX TZ string this reader understands");
+		why_set(why, why_len,
+			"TZif footer is not a POSIX TZ string this reader understands");
 		return PSC_E_POLICY_ZONE;
 	}
 	*out = tz;
@@ -391,8 +392,8 @@ static bool fixed_offset(const char *s, int32_t *off)
 	return true;
 }
 
-psc_rc pol_tz_load(pol_arena *a, const char *name, const char *dir, const pol_tz **out,
-		   char *why, size_t why_len)
+psc_rc pol_tz_load(pol_arena *a, const char *name, const char *dir, const pol_tz **out, char *why,
+		   size_t why_len)
 {
 	int32_t off;
 	if (name[0] == '+' || name[0] == '-' || strcmp(name, "UTC") == 0) {

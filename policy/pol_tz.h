@@ -29,8 +29,8 @@ typedef struct pol_tz pol_tz;
  * dir (NULL: /usr/share/zoneinfo). Allocates from the arena. On failure the
  * message says what is wrong (no position; the caller prefixes it).
  */
-psc_rc pol_tz_load(pol_arena *a, const char *name, const char *dir, const pol_tz **out,
-		   char *why, size_t why_len) PSC_WUR;
+psc_rc pol_tz_load(pol_arena *a, const char *name, const char *dir, const pol_tz **out, char *why,
+		   size_t why_len) PSC_WUR;
 
 /* Parses TZif bytes (exposed for tests and the fuzzer). */
 psc_rc pol_tz_parse(pol_arena *a, const uint8_t *buf, size_t len, const pol_tz **out, char *why,

@@ -297,16 +297,15 @@ static psc_rc b_event(struct builder *b, const yaml_event_t *ev, int *docs)
 		size_t len = ev->data.scalar.length;
 		if (memchr(v, '\0', len))
 			return b_fail_mark(b, PSC_E_POLICY_SCHEMA, m, "scalar contains a NUL byte");
-		if (!(n = b_node(b, POL_Y_SCALAR, m)) ||
-		    !(n->s = pol_arena_strndup(b->a, v, len)))
+		if (!(n = b_node(b, POL_Y_SCALAR, m)) || !(n->s = pol_arena_strndup(b->a, v, len)))
 			return psc_err_set(b->err, PSC_E_NOMEM, "%s: out of memory", b->file);
 		n->slen = len;
 		n->plain = ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
 		return b_add(b, n);
 	}
 	case YAML_SEQUENCE_START_EVENT: {
-		psc_rc rc = b_no_props(b, m, ev->data.sequence_start.anchor,
-				       ev->data.sequence_start.tag);
+		psc_rc rc =
+		    b_no_props(b, m, ev->data.sequence_start.anchor, ev->data.sequence_start.tag);
 		if (rc != PSC_OK)
 			return rc;
 		if (!(n = b_node(b, POL_Y_SEQ, m)))
@@ -314,8 +313,8 @@ static psc_rc b_event(struct builder *b, const yaml_event_t *ev, int *docs)
 		return b_open(b, n, m);
 	}
 	case YAML_MAPPING_START_EVENT: {
-		psc_rc rc = b_no_props(b, m, ev->data.mapping_start.anchor,
-				       ev->data.mapping_start.tag);
+		psc_rc rc =
+		    b_no_props(b, m, ev->data.mapping_start.anchor, ev->data.mapping_start.tag);
 		if (rc != PSC_OK)
 			return rc;
 		if (!(n = b_node(b, POL_Y_MAP, m)))
@@ -330,8 +329,8 @@ static psc_rc b_event(struct builder *b, const yaml_event_t *ev, int *docs)
 	}
 }
 
-psc_rc pol_yaml_parse(pol_arena *a, const char *buf, size_t len, const char *file,
-		      pol_ydoc *out, psc_err *err)
+psc_rc pol_yaml_parse(pol_arena *a, const char *buf, size_t len, const char *file, pol_ydoc *out,
+		      psc_err *err)
 {
 	if (!file)
 		file = "<buffer>";
@@ -475,8 +474,7 @@ psc_rc pol_yint(const pol_ydoc *d, const pol_ynode *n, const char *what, int64_t
 	return PSC_OK;
 }
 
-psc_rc pol_ybool(const pol_ydoc *d, const pol_ynode *n, const char *what, bool *out,
-		 psc_err *err)
+psc_rc pol_ybool(const pol_ydoc *d, const pol_ynode *n, const char *what, bool *out, psc_err *err)
 {
 	psc_rc rc = pol_yexpect(d, n, POL_Y_SCALAR, what, err);
 	if (rc != PSC_OK)
@@ -535,8 +533,8 @@ bool pol_parse_hex(const char *s, uint8_t *out, size_t n)
 	return got == n;
 }
 
-psc_rc pol_yhex(const pol_ydoc *d, const pol_ynode *node, const char *what, uint8_t *out,
-		size_t n, psc_err *err)
+psc_rc pol_yhex(const pol_ydoc *d, const pol_ynode *node, const char *what, uint8_t *out, size_t n,
+		psc_err *err)
 {
 	const char *s;
 	psc_rc rc = pol_ystr(d, node, what, &s, err);

@@ -30,10 +30,10 @@ typedef struct pol_ynode pol_ynode;
 struct pol_ynode {
 	pol_ynode_kind kind;
 	unsigned line, col; /* 1-based */
-	bool plain;         /* unquoted scalar (ints and bools must be plain) */
-	const char *s;      /* scalar text, NUL-terminated */
+	bool plain;	    /* unquoted scalar (ints and bools must be plain) */
+	const char *s;	    /* scalar text, NUL-terminated */
 	size_t slen;
-	size_t n;          /* map: pairs; seq: items */
+	size_t n;	   /* map: pairs; seq: items */
 	pol_ynode **keys;  /* map keys (scalars) */
 	pol_ynode **items; /* map values or sequence items */
 };
@@ -44,8 +44,8 @@ typedef struct pol_ydoc {
 } pol_ydoc;
 
 /* Parses one document. err: "file:line:col: what is wrong". */
-psc_rc pol_yaml_parse(pol_arena *a, const char *buf, size_t len, const char *file,
-		      pol_ydoc *out, psc_err *err) PSC_WUR;
+psc_rc pol_yaml_parse(pol_arena *a, const char *buf, size_t len, const char *file, pol_ydoc *out,
+		      psc_err *err) PSC_WUR;
 
 /* Sets err to "file:line:col: <fmt>" and returns rc. */
 psc_rc pol_yerr(psc_err *err, psc_rc rc, const char *file, const pol_ynode *at, const char *fmt,
@@ -72,8 +72,8 @@ psc_rc pol_ybool(const pol_ydoc *d, const pol_ynode *n, const char *what, bool *
 psc_rc pol_ystr(const pol_ydoc *d, const pol_ynode *n, const char *what, const char **out,
 		psc_err *err) PSC_WUR;
 /* Hex bytes, exactly n of them; colons between byte pairs allowed. */
-psc_rc pol_yhex(const pol_ydoc *d, const pol_ynode *node, const char *what, uint8_t *out,
-		size_t n, psc_err *err) PSC_WUR;
+psc_rc pol_yhex(const pol_ydoc *d, const pol_ynode *node, const char *what, uint8_t *out, size_t n,
+		psc_err *err) PSC_WUR;
 /* Parses hex (with optional colons) into exactly n bytes; false if malformed. */
 bool pol_parse_hex(const char *s, uint8_t *out, size_t n);
 

@@ -39,7 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (int a = 0; a < POL_ACT_COUNT; a++) {
 		q.action = (pol_action)a;
 		pol_decision d;
-		pol_explain ex = {.buf = buf, .cap = sizeof(buf), .hits = hits, .hits_len = sizeof(hits)};
+		pol_explain ex = {
+		    .buf = buf, .cap = sizeof(buf), .hits = hits, .hits_len = sizeof(hits)};
 		if (pol_decide(pol, st, &q, &d, &ex) != PSC_OK)
 			__builtin_trap();
 		pol_decision d2;

@@ -34,20 +34,21 @@ static int run(char **out, const char *a1, const char *a2, const char *a3, const
 }
 
 static const char POLICY[] =
-	"version: 1\n"
-	"principals:\n  ops: {subject_ou: {eq: Operations}}\n"
-	"rules:\n"
-	"  - {id: ops-join, effect: permit, actions: [join], principals: [ops]}\n"
-	"  - {id: ask, effect: ask_owner, actions: [join]}\n"
-	"  - {id: no-big, effect: forbid, actions: [join], when: {members: {min: 100}}}\n"
-	"  - {id: limited, effect: permit, actions: [invite], when: {rate: {max: 2, per: 60}}}\n";
+    "version: 1\n"
+    "principals:\n  ops: {subject_ou: {eq: Operations}}\n"
+    "rules:\n"
+    "  - {id: ops-join, effect: permit, actions: [join], principals: [ops]}\n"
+    "  - {id: ask, effect: ask_owner, actions: [join]}\n"
+    "  - {id: no-big, effect: forbid, actions: [join], when: {members: {min: 100}}}\n"
+    "  - {id: limited, effect: permit, actions: [invite], when: {rate: {max: 2, per: 60}}}\n";
 
 static const char *request(const char *ou, int members)
 {
 	static char buf[1024];
 	snprintf(buf, sizeof(buf),
 		 "action: join\nnow: 2026-03-30T08:00:00Z\n"
-		 "requester: {subject_cn: a, subject_ou: %s, node_id: \"0101010101010101010101010101010a\"}\n"
+		 "requester: {subject_cn: a, subject_ou: %s, node_id: "
+		 "\"0101010101010101010101010101010a\"}\n"
 		 "psc: {name: x, owner: \"09090909090909090909090909090909\", members: %d}\n",
 		 ou, members);
 	return buf;
@@ -58,33 +59,39 @@ static void eval_exit_codes_and_output(void **state)
 	(void)state;
 	const char *pol = write_file("p.yaml", POLICY);
 	char *out = NULL;
-	assert_int_equal(run(&out, "eval", pol, write_file("r1.yaml", request("Operations", 3)), NULL), 0);
+	assert_int_equal(
+	    run(&out, "eval", pol, write_file("r1.yaml", request("Operations", 3)), NULL), 0);
 	assert_non_null(strstr(out, "decision: permit\nrules: ops-join\nrevision: "));
 	free(out);
-	assert_int_equal(run(&out, "eval", pol, write_file("r2.yaml", request("Sales", 3)), NULL), 3);
+	assert_int_equal(run(&out, "eval", pol, write_file("r2.yaml", request("Sales", 3)), NULL),
+			 3);
 	assert_non_null(strstr(out, "decision: ask_owner\nrules: ask\n"));
 	free(out);
-	assert_int_equal(run(&out, "eval", pol, write_file("r3.yaml", request("Sales", 100)), "--explain"), 1);
+	assert_int_equal(
+	    run(&out, "eval", pol, write_file("r3.yaml", request("Sales", 100)), "--explain"), 1);
 	assert_non_null(strstr(out, "rule no-big (forbid): matched\n"));
-	assert_non_null(strstr(out, "rule ops-join (permit): no: requester subject_ou 'Sales' is not eq 'Operations' (principal 'ops')\n"));
+	assert_non_null(strstr(out, "rule ops-join (permit): no: requester subject_ou 'Sales' is "
+				    "not eq 'Operations' (principal 'ops')\n"));
 	assert_non_null(strstr(out, "decision: deny\nrules: no-big\n"));
 	free(out);
 	/* rate history from the request file */
-	const char *inv = write_file("r4.yaml",
-		"action: invite\nnow: 1000\n"
-		"requester: {node_id: \"01010101010101010101010101010101\"}\n"
-		"psc: {name: x, owner: requester, members: 1}\n"
-		"invitee: {node_id: \"02020202020202020202020202020202\"}\n"
-		"recent: [{action: invite, count: 2, ago: 59}]\n");
+	const char *inv =
+	    write_file("r4.yaml", "action: invite\nnow: 1000\n"
+				  "requester: {node_id: \"01010101010101010101010101010101\"}\n"
+				  "psc: {name: x, owner: requester, members: 1}\n"
+				  "invitee: {node_id: \"02020202020202020202020202020202\"}\n"
+				  "recent: [{action: invite, count: 2, ago: 59}]\n");
 	assert_int_equal(run(&out, "eval", pol, inv, "--explain"), 1);
-	assert_non_null(strstr(out, "rule limited (permit): no: requester did invite 2 times in the last 60s (limit 2)\n"));
+	assert_non_null(strstr(
+	    out,
+	    "rule limited (permit): no: requester did invite 2 times in the last 60s (limit 2)\n"));
 	free(out);
-	const char *inv2 = write_file("r5.yaml",
-		"action: invite\nnow: 1000\n"
-		"requester: {node_id: \"01010101010101010101010101010101\"}\n"
-		"psc: {name: x, owner: requester, members: 1}\n"
-		"invitee: {node_id: \"02020202020202020202020202020202\"}\n"
-		"recent: [{action: invite, count: 2, ago: 60}]\n");
+	const char *inv2 =
+	    write_file("r5.yaml", "action: invite\nnow: 1000\n"
+				  "requester: {node_id: \"01010101010101010101010101010101\"}\n"
+				  "psc: {name: x, owner: requester, members: 1}\n"
+				  "invitee: {node_id: \"02020202020202020202020202020202\"}\n"
+				  "recent: [{action: invite, count: 2, ago: 60}]\n");
 	assert_int_equal(run(&out, "eval", pol, inv2, NULL), 0);
 	free(out);
 	/* a bad request file: exit 2 with position */
@@ -100,14 +107,18 @@ static void check_reports_errors_and_warnings(void **state)
 {
 	(void)state;
 	char *out = NULL;
-	const char *bad = write_file("bad.yaml", "version: 1\nrules:\n  - {id: r, effect: ask_owner, actions: [destroy]}\n");
+	const char *bad = write_file(
+	    "bad.yaml", "version: 1\nrules:\n  - {id: r, effect: ask_owner, actions: [destroy]}\n");
 	assert_int_equal(run(&out, "check", bad, NULL, NULL), 2);
 	char want[4400];
-	snprintf(want, sizeof(want), "%s:3:42: rule 'r': ask_owner cannot apply to destroy (the owner "
-				     "cannot be asked to authorise destroying its PSC)\n", bad);
+	snprintf(want, sizeof(want),
+		 "%s:3:42: rule 'r': ask_owner cannot apply to destroy (the owner "
+		 "cannot be asked to authorise destroying its PSC)\n",
+		 bad);
 	assert_string_equal(out, want);
 	free(out);
-	const char *warn = write_file("warn.yaml", "version: 1\nprincipals: {p: {subject_cn: {eq: a}}}\nrules: []\n");
+	const char *warn = write_file(
+	    "warn.yaml", "version: 1\nprincipals: {p: {subject_cn: {eq: a}}}\nrules: []\n");
 	assert_int_equal(run(&out, "check", warn, NULL, NULL), 0);
 	assert_non_null(strstr(out, "warn.yaml:2:14: warning: principal 'p' is never used\n"));
 	assert_non_null(strstr(out, "ok: 0 rules, 2 warnings, revision "));
@@ -131,7 +142,8 @@ static void test_command_failures_and_coverage(void **state)
 	snprintf(tests, sizeof(tests),
 		 "tests:\n"
 		 "  - name: ops join\n    request:\n      action: join\n      now: 0\n"
-		 "      requester: {subject_ou: Operations, node_id: \"01010101010101010101010101010101\"}\n"
+		 "      requester: {subject_ou: Operations, node_id: "
+		 "\"01010101010101010101010101010101\"}\n"
 		 "      psc: {name: x, owner: requester, members: 1}\n"
 		 "    expect: permit\n    rules: [ops-join]\n");
 	const char *t1 = write_file("t1.yaml", tests);
@@ -152,7 +164,10 @@ static void test_command_failures_and_coverage(void **state)
 	const char *t2 = write_file("t2.yaml", tests);
 	assert_int_equal(run(&out, "test", pol, t2, NULL), 1);
 	char want[4400];
-	snprintf(want, sizeof(want), "FAIL %s:2:5: test 'ops join': expected deny by ops-join, got permit by ops-join\n", t2);
+	snprintf(
+	    want, sizeof(want),
+	    "FAIL %s:2:5: test 'ops join': expected deny by ops-join, got permit by ops-join\n",
+	    t2);
 	assert_non_null(strstr(out, want));
 	assert_non_null(strstr(out, "rule ops-join (permit): matched\n"));
 	free(out);
@@ -174,9 +189,9 @@ static int teardown(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(eval_exit_codes_and_output),
-		cmocka_unit_test(check_reports_errors_and_warnings),
-		cmocka_unit_test(test_command_failures_and_coverage),
+	    cmocka_unit_test(eval_exit_codes_and_output),
+	    cmocka_unit_test(check_reports_errors_and_warnings),
+	    cmocka_unit_test(test_command_failures_and_coverage),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -59,9 +59,9 @@ static int32_t glibc_offset(int64_t t)
 static void offsets_agree_with_glibc(void **state)
 {
 	(void)state;
-	const char *zones[] = {"Europe/Berlin", "America/New_York", "Australia/Sydney",
-			       "Asia/Kolkata", "America/Sao_Paulo", "Pacific/Chatham",
-			       "Europe/London", "UTC"};
+	const char *zones[] = {
+	    "Europe/Berlin",	 "America/New_York", "Australia/Sydney", "Asia/Kolkata",
+	    "America/Sao_Paulo", "Pacific/Chatham",  "Europe/London",	 "UTC"};
 	pol_arena *a = NULL;
 	assert_int_equal(pol_arena_new(&a), PSC_OK);
 	for (size_t z = 0; z < sizeof(zones) / sizeof(zones[0]); z++) {
@@ -87,46 +87,47 @@ static void offsets_agree_with_glibc(void **state)
 static void time_windows_follow_dst(void **state)
 {
 	(void)state;
-	pol_policy *pol = load_ok(
-		"version: 1\nrules:\n"
-		"  - {id: be, effect: permit, actions: [join],\n"
-		"     when: {time: {zone: Europe/Berlin, days: [mon, tue, wed, thu, fri], from: \"09:00\", to: \"17:00\"}}}\n"
-		"  - {id: ny, effect: permit, actions: [invite],\n"
-		"     when: {time: {zone: America/New_York, from: \"22:00\", to: \"06:00\"}}}\n"
-		"  - {id: fixed, effect: permit, actions: [destroy],\n"
-		"     when: {time: [{zone: \"+05:30\", from: \"09:00\", to: \"10:00\"},\n"
-		"                   {zone: \"-03:00\", from: \"23:00\", to: \"24:00\"}]}}\n");
+	pol_policy *pol =
+	    load_ok("version: 1\nrules:\n"
+		    "  - {id: be, effect: permit, actions: [join],\n"
+		    "     when: {time: {zone: Europe/Berlin, days: [mon, tue, wed, thu, fri], "
+		    "from: \"09:00\", to: \"17:00\"}}}\n"
+		    "  - {id: ny, effect: permit, actions: [invite],\n"
+		    "     when: {time: {zone: America/New_York, from: \"22:00\", to: \"06:00\"}}}\n"
+		    "  - {id: fixed, effect: permit, actions: [destroy],\n"
+		    "     when: {time: [{zone: \"+05:30\", from: \"09:00\", to: \"10:00\"},\n"
+		    "                   {zone: \"-03:00\", from: \"23:00\", to: \"24:00\"}]}}\n");
 	struct {
 		pol_action a;
 		int64_t now;
 		pol_outcome want;
 	} v[] = {
-		/* Fri 2026-03-27 (CET, UTC+1) */
-		{POL_ACT_JOIN, 1774598400 - 1, POL_DENY},   /* 07:59:59Z = 08:59:59 CET */
-		{POL_ACT_JOIN, 1774598400, POL_PERMIT},     /* 08:00Z = 09:00 CET */
-		{POL_ACT_JOIN, 1774627200 - 1, POL_PERMIT}, /* 15:59:59Z = 16:59:59 CET */
-		{POL_ACT_JOIN, 1774627200, POL_DENY},       /* 16:00Z = 17:00 CET */
-		/* Mon 2026-03-30 (CEST, UTC+2) */
-		{POL_ACT_JOIN, 1774854000 - 1, POL_DENY},   /* 06:59:59Z = 08:59:59 CEST */
-		{POL_ACT_JOIN, 1774854000, POL_PERMIT},     /* 07:00Z = 09:00 CEST */
-		{POL_ACT_JOIN, 1774882800 - 1, POL_PERMIT}, /* 14:59:59Z */
-		{POL_ACT_JOIN, 1774882800, POL_DENY},       /* 15:00Z = 17:00 CEST */
-		/* Sun 2026-03-29 12:00 CEST: weekend */
-		{POL_ACT_JOIN, 1774778400, POL_DENY},
-		/* New York overnight window across the 2026-03-08 change */
-		{POL_ACT_INVITE, 1772938800, POL_PERMIT},  /* Sun 03:00Z = Sat 22:00 EST */
-		{POL_ACT_INVITE, 1772938800 - 1, POL_DENY},
-		{POL_ACT_INVITE, 1772960400 - 1, POL_PERMIT}, /* 08:59:59Z = 04:59:59 EDT */
-		{POL_ACT_INVITE, 1772964000 - 1, POL_PERMIT}, /* 09:59:59Z = 05:59:59 EDT */
-		{POL_ACT_INVITE, 1772964000, POL_DENY},       /* 10:00Z = 06:00 EDT */
-		{POL_ACT_INVITE, 1772361000, POL_PERMIT},     /* a week before, 10:30Z = 05:30 EST */
-		{POL_ACT_INVITE, 1772361000 + 7 * 86400, POL_DENY}, /* same UTC time, 06:30 EDT */
-		/* Fixed offsets: 03:30Z = 09:00 +05:30; 02:00Z = 23:00 -03:00 */
-		{POL_ACT_DESTROY, 3 * 3600 + 1800, POL_PERMIT},
-		{POL_ACT_DESTROY, 3 * 3600 + 1799, POL_DENY},
-		{POL_ACT_DESTROY, 2 * 3600, POL_PERMIT},
-		{POL_ACT_DESTROY, 3 * 3600 - 1, POL_PERMIT},
-		{POL_ACT_DESTROY, 3 * 3600, POL_DENY},
+	    /* Fri 2026-03-27 (CET, UTC+1) */
+	    {POL_ACT_JOIN, 1774598400 - 1, POL_DENY},	/* 07:59:59Z = 08:59:59 CET */
+	    {POL_ACT_JOIN, 1774598400, POL_PERMIT},	/* 08:00Z = 09:00 CET */
+	    {POL_ACT_JOIN, 1774627200 - 1, POL_PERMIT}, /* 15:59:59Z = 16:59:59 CET */
+	    {POL_ACT_JOIN, 1774627200, POL_DENY},	/* 16:00Z = 17:00 CET */
+	    /* Mon 2026-03-30 (CEST, UTC+2) */
+	    {POL_ACT_JOIN, 1774854000 - 1, POL_DENY},	/* 06:59:59Z = 08:59:59 CEST */
+	    {POL_ACT_JOIN, 1774854000, POL_PERMIT},	/* 07:00Z = 09:00 CEST */
+	    {POL_ACT_JOIN, 1774882800 - 1, POL_PERMIT}, /* 14:59:59Z */
+	    {POL_ACT_JOIN, 1774882800, POL_DENY},	/* 15:00Z = 17:00 CEST */
+	    /* Sun 2026-03-29 12:00 CEST: weekend */
+	    {POL_ACT_JOIN, 1774778400, POL_DENY},
+	    /* New York overnight window across the 2026-03-08 change */
+	    {POL_ACT_INVITE, 1772938800, POL_PERMIT}, /* Sun 03:00Z = Sat 22:00 EST */
+	    {POL_ACT_INVITE, 1772938800 - 1, POL_DENY},
+	    {POL_ACT_INVITE, 1772960400 - 1, POL_PERMIT}, /* 08:59:59Z = 04:59:59 EDT */
+	    {POL_ACT_INVITE, 1772964000 - 1, POL_PERMIT}, /* 09:59:59Z = 05:59:59 EDT */
+	    {POL_ACT_INVITE, 1772964000, POL_DENY},	  /* 10:00Z = 06:00 EDT */
+	    {POL_ACT_INVITE, 1772361000, POL_PERMIT},	  /* a week before, 10:30Z = 05:30 EST */
+	    {POL_ACT_INVITE, 1772361000 + 7 * 86400, POL_DENY}, /* same UTC time, 06:30 EDT */
+	    /* Fixed offsets: 03:30Z = 09:00 +05:30; 02:00Z = 23:00 -03:00 */
+	    {POL_ACT_DESTROY, 3 * 3600 + 1800, POL_PERMIT},
+	    {POL_ACT_DESTROY, 3 * 3600 + 1799, POL_DENY},
+	    {POL_ACT_DESTROY, 2 * 3600, POL_PERMIT},
+	    {POL_ACT_DESTROY, 3 * 3600 - 1, POL_PERMIT},
+	    {POL_ACT_DESTROY, 3 * 3600, POL_DENY},
 	};
 	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
 		pol_request q;
@@ -172,10 +173,10 @@ static void corrupt_tzif_is_rejected(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(dst_changes_berlin_and_new_york),
-		cmocka_unit_test(offsets_agree_with_glibc),
-		cmocka_unit_test(time_windows_follow_dst),
-		cmocka_unit_test(corrupt_tzif_is_rejected),
+	    cmocka_unit_test(dst_changes_berlin_and_new_york),
+	    cmocka_unit_test(offsets_agree_with_glibc),
+	    cmocka_unit_test(time_windows_follow_dst),
+	    cmocka_unit_test(corrupt_tzif_is_rejected),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
