@@ -567,8 +567,16 @@ static const char *c_str(cur *c)
 			break;
 		}
 		if (ch != '\\') {
-			c_arena_put(c, (const char *)&ch, 1);
-			c->pos++;
+			/* Copy the whole run of plain characters at once. */
+			size_t run = 1;
+			while (c->pos + run < c->len) {
+				unsigned char d = (unsigned char)c->s[c->pos + run];
+				if (d < 0x20 || d >= 0x7f || d == '"' || d == '\\')
+					break;
+				run++;
+			}
+			c_arena_put(c, c->s + c->pos, run);
+			c->pos += run;
 			continue;
 		}
 		c->pos++;
