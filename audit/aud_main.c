@@ -161,9 +161,11 @@ static int cmd_verify(int argc, char **argv)
 	psc_rc rc = aud_verify_dir(&o, &rep);
 	EVP_PKEY_free(pub);
 	if (rc != PSC_OK) {
-		if (rep.status == AUD_VERIFY_TAMPERED)
+		if (rep.status == AUD_VERIFY_TAMPERED && rep.bad_seq)
 			printf("psc-audit: TAMPERED: first bad seq %llu: %s\n",
 			       (unsigned long long)rep.bad_seq, rep.why);
+		else if (rep.status == AUD_VERIFY_TAMPERED)
+			printf("psc-audit: TAMPERED: %s\n", rep.why);
 		else
 			printf("psc-audit: MALFORMED: %s\n", rep.why);
 		printf("psc-audit: %llu records verified before the failure\n",

@@ -44,7 +44,10 @@ psc_rc aud_seg_count(const char *dir, unsigned *count, psc_err *err)
 	bool zero = false;
 	struct dirent *e;
 	while ((e = readdir(d))) {
-		if (strncmp(e->d_name, "audit-", 6) != 0)
+		size_t nl = strlen(e->d_name);
+		/* Other files (keys, notes) may live here; only audit-*.jsonl are segments. */
+		if (strncmp(e->d_name, "audit-", 6) != 0 || nl < 12 ||
+		    strcmp(e->d_name + nl - 6, ".jsonl") != 0)
 			continue;
 		unsigned n = seg_number(e->d_name);
 		if (n == 0) {
@@ -58,8 +61,8 @@ psc_rc aud_seg_count(const char *dir, unsigned *count, psc_err *err)
 	closedir(d);
 	if (zero)
 		return psc_err_set(err, PSC_E_AUDIT_MALFORMED,
-				   "audit: %s holds a file named audit-* that is not a segment "
-				   "(audit-00000001.jsonl ...)",
+				   "audit: %s holds a file named audit-*.jsonl that is not a "
+				   "segment name (audit-00000001.jsonl ...)",
 				   dir);
 	if (seen != max) {
 		/* Names are unique, so seen < max means a number in 1..max is missing. */

@@ -183,6 +183,12 @@ psc_rc aud_verify_dir(const aud_verify_opts *o, aud_verify_report *rep)
 			     0, "%s", psc_err_text(&e));
 		goto out;
 	}
+	if (nseg == 0) {
+		rc = verdict(rep, AUD_VERIFY_MALFORMED, 0,
+			     "%s holds no audit segment (audit-00000001.jsonl): wrong directory?",
+			     o->dir);
+		goto out;
+	}
 	rep->segments = nseg;
 	size_t ci = 0;
 	bool trusted_done = false;

@@ -468,6 +468,10 @@ static void cli_usage_and_show(void **state)
 	free(out);
 	assert_int_equal(at_audit(&out, "verify", NULL, NULL, NULL, NULL, NULL), 2);
 	free(out);
+	/* A directory without a log is a wrong path, not an intact empty log. */
+	assert_int_equal(at_audit(&out, "verify", f->tmp, NULL, NULL, NULL, NULL), 2);
+	contains(out, "holds no audit segment");
+	free(out);
 	/* Malformed: a line that is not a record. */
 	const char *d = copy_of(f, "malformed");
 	delete_lines(at_seg(d, 1), 0, 0);
