@@ -48,6 +48,7 @@ typedef struct command {
 	const char *name;
 	const char *args;  /* for usage */
 	int min_args, max_args;
+	unsigned id_args; /* bit i: argument i must be a 32-hex-digit ID (checked first) */
 	int (*run)(psc_peer *p, opts *o, char **argv, int argc);
 	const char *help;
 } command;
@@ -355,22 +356,22 @@ static int cmd_catchup(psc_peer *p, opts *o, char **argv, int argc)
 }
 
 static const command commands[] = {
-	{"init", "", 0, 0, cmd_init,
+	{"init", "", 0, 0, 0, cmd_init,
 	 "Register with the KMS (optionally --join ID and/or --establish NAME in the\n"
-	 "                same round trip) and list the PSCs held."},
-	{"establish", "NAME", 1, 1, cmd_establish,
+	 "        same round trip) and list the PSCs held."},
+	{"establish", "NAME", 1, 1, 0, cmd_establish,
 	 "Create a PSC owned by this peer (--label, --member, --refresh,\n"
-	 "                --max-members, --sender-signatures)."},
-	{"join", "PSC-ID|NAME", 1, 1, cmd_join,
+	 "        --max-members, --sender-signatures)."},
+	{"join", "PSC-ID|NAME", 1, 1, 0, cmd_join,
 	 "Join a PSC (a NAME is looked up first); the KMS may ask its owner."},
-	{"lookup", "NAME", 1, 1, cmd_lookup, "PSC ID, owner and member count of a PSC by name."},
-	{"invite", "PSC-ID NODE-ID", 2, 2, cmd_invite,
+	{"lookup", "NAME", 1, 1, 0, cmd_lookup, "PSC ID, owner and member count of a PSC by name."},
+	{"invite", "PSC-ID NODE-ID", 2, 2, 3, cmd_invite,
 	 "Owner: invite a registered peer; prints its decision."},
-	{"leave", "PSC-ID", 1, 1, cmd_leave, "Leave a PSC (an owner destroys instead)."},
-	{"report", "PSC-ID NODE-ID", 2, 2, cmd_report,
+	{"leave", "PSC-ID", 1, 1, 1, cmd_leave, "Leave a PSC (an owner destroys instead)."},
+	{"report", "PSC-ID NODE-ID", 2, 2, 3, cmd_report,
 	 "Report a member as departed; the KMS checks its liveness."},
-	{"destroy", "PSC-ID", 1, 1, cmd_destroy, "Owner: destroy a PSC."},
-	{"catchup", "", 0, 0, cmd_catchup, "Fetch the current epoch of every PSC held."},
+	{"destroy", "PSC-ID", 1, 1, 1, cmd_destroy, "Owner: destroy a PSC."},
+	{"catchup", "", 0, 0, 0, cmd_catchup, "Fetch the current epoch of every PSC held."},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -604,6 +605,12 @@ int main(int argc, char **argv)
 	if (missing) {
 		fprintf(stderr, "psc-peer: %s is required. Try 'psc-peer --help'.\n", missing);
 		return EX_USAGE;
+	}
+	for (int i = 0; i < nargs; i++) {
+		uint8_t tmp[PSC_PEER_ID_LEN];
+		if ((cmd->id_args >> i & 1u) &&
+		    parse_id(argv[optind + 1 + i], i == 0 ? "PSC ID" : "Node-ID", tmp))
+			return EX_USAGE;
 	}
 	uint8_t join_id[PSC_PEER_ID_LEN];
 	if (o.join && parse_id(o.join, "--join PSC ID", join_id))
