@@ -6,3 +6,5 @@ target_include_directories(kms_test_samples PUBLIC ${CMAKE_CURRENT_LIST_DIR})
 
 psc_add_test(test_kms_cmd SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_cmd.c
   LIBS kms_test_samples psc_kms_core)
+psc_add_test(test_kms_store SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store.c
+  LIBS kms_test_samples psc_kms_core)
