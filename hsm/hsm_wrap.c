@@ -164,6 +164,16 @@ const uint8_t *hsm_eph_public(const hsm_eph *eph)
 	return eph ? eph->point : NULL;
 }
 
+/* OSSL_PARAM BNs are native-endian, zero-padded to the buffer; PKCS#11 wants
+ * big-endian. Takes the low `out_len` bytes of the number. */
+static void native_to_be(const uint8_t *nat, size_t nat_len, uint8_t *out, size_t out_len)
+{
+	const uint16_t one = 1;
+	bool little = *(const uint8_t *)&one == 1;
+	for (size_t i = 0; i < out_len; i++)
+		out[i] = little ? nat[out_len - 1 - i] : nat[nat_len - out_len + i];
+}
+
 static psc_rc wrap_rsa(hsm_session *s, const hsm_key *secret, EVP_PKEY *pub, uint8_t *alg_out,
 		       uint8_t *wrapped, size_t cap, size_t *wlen, psc_err *err)
 {
@@ -179,21 +189,26 @@ static psc_rc wrap_rsa(hsm_session *s, const hsm_key *secret, EVP_PKEY *pub, uin
 		return psc_err_set(err, PSC_E_INVALID_ARG,
 				   "hsm_wrap_for_member: output buffer of %zu bytes, need %zu", cap,
 				   mod_len);
-	BIGNUM *n = NULL, *e = NULL;
-	uint8_t nb[PROTO_KEYWRAP_MAX_WRAPPED], eb[16];
-	int nl = 0, el = 0;
-	if (EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_RSA_N, &n) == 1 &&
-	    EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_RSA_E, &e) == 1 &&
-	    BN_num_bytes(e) <= (int)sizeof(eb)) {
-		nl = BN_bn2bin(n, nb);
-		el = BN_bn2bin(e, eb);
-	}
-	BN_free(n);
-	BN_free(e);
-	if (nl <= 0 || el <= 0) {
+	/* One EVP_PKEY_get_params call into fixed buffers: BIGNUM getters cost
+	 * ~5 us a wrap, a sixth of SoftHSM's own work (bench/hsm_bench.c). */
+	uint8_t nnat[PROTO_KEYWRAP_MAX_WRAPPED], enat[16], nb[PROTO_KEYWRAP_MAX_WRAPPED], eb[16];
+	OSSL_PARAM prm[] = {
+		OSSL_PARAM_construct_BN(OSSL_PKEY_PARAM_RSA_N, nnat, sizeof(nnat)),
+		OSSL_PARAM_construct_BN(OSSL_PKEY_PARAM_RSA_E, enat, sizeof(enat)),
+		OSSL_PARAM_construct_end(),
+	};
+	if (EVP_PKEY_get_params(pub, prm) != 1) {
 		ERR_clear_error();
 		return psc_err_set(err, PSC_E_HSM_BAD_PUBKEY,
 				   "member RSA public key: cannot read modulus/exponent");
+	}
+	native_to_be(nnat, sizeof(nnat), nb, mod_len);
+	native_to_be(enat, sizeof(enat), eb, sizeof(eb));
+	int nl = (int)mod_len, el = (int)sizeof(eb);
+	const uint8_t *ep = eb;
+	while (el > 1 && *ep == 0) {
+		ep++;
+		el--;
 	}
 	CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
 	CK_KEY_TYPE kt = CKK_RSA;
@@ -202,7 +217,7 @@ static psc_rc wrap_rsa(hsm_session *s, const hsm_key *secret, EVP_PKEY *pub, uin
 		{CKA_CLASS, &cls, sizeof(cls)},	    {CKA_KEY_TYPE, &kt, sizeof(kt)},
 		{CKA_TOKEN, &f, sizeof(f)},	    {CKA_WRAP, &t, sizeof(t)},
 		{CKA_ENCRYPT, &f, sizeof(f)},	    {CKA_VERIFY, &f, sizeof(f)},
-		{CKA_MODULUS, nb, (CK_ULONG)nl},    {CKA_PUBLIC_EXPONENT, eb, (CK_ULONG)el},
+		{CKA_MODULUS, nb, (CK_ULONG)nl},    {CKA_PUBLIC_EXPONENT, (void *)ep, (CK_ULONG)el},
 	};
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
 	CK_RV rv = ctx->f->C_CreateObject(s->h, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
@@ -239,10 +254,17 @@ static psc_rc wrap_rsa(hsm_session *s, const hsm_key *secret, EVP_PKEY *pub, uin
 
 static psc_rc member_point(EVP_PKEY *pub, uint8_t out[65], psc_err *err)
 {
+	/* Group and encoded point in one call: the X/Y BIGNUM getters convert the
+	 * point to affine coordinates each time (~10 us, bench/hsm_bench.c). */
 	char group[64] = {0};
-	size_t glen = 0;
-	if (EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),
-					   &glen) != 1) {
+	uint8_t enc[133];
+	OSSL_PARAM prm[] = {
+		OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group)),
+		OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, enc,
+						  sizeof(enc)),
+		OSSL_PARAM_construct_end(),
+	};
+	if (EVP_PKEY_get_params(pub, prm) != 1 || !OSSL_PARAM_modified(&prm[0])) {
 		ERR_clear_error();
 		return psc_err_set(err, PSC_E_HSM_UNSUPPORTED_KEY,
 				   "member EC key has no named curve: only P-256 is supported "
@@ -254,6 +276,11 @@ static psc_rc member_point(EVP_PKEY *pub, uint8_t out[65], psc_err *err)
 				   "secrets only to P-256 (prime256v1) or RSA keys; the member "
 				   "needs a P-256 or RSA certificate",
 				   group);
+	if (OSSL_PARAM_modified(&prm[1]) && prm[1].return_size == 65 && enc[0] == 0x04) {
+		memcpy(out, enc, 65);
+		return PSC_OK;
+	}
+	/* A key kept in compressed form: ask for the coordinates instead. */
 	BIGNUM *x = NULL, *y = NULL;
 	int ok = EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_EC_PUB_X, &x) == 1 &&
 		 EVP_PKEY_get_bn_param(pub, OSSL_PKEY_PARAM_EC_PUB_Y, &y) == 1 &&

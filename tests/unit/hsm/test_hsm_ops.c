@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
@@ -261,6 +262,29 @@ static void known_secret_reaches_members_byte_for_byte(void **state)
 	assert_memory_equal(got, known, 32);
 	wrap_unwrap(e, &k, eph, "rsa1", got, &alg);
 	assert_memory_equal(got, known, 32);
+
+	/* A P-256 key kept in compressed point form wraps the same way. */
+	EVP_PKEY *cmp = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+	assert_non_null(cmp);
+	assert_int_equal(EVP_PKEY_set_utf8_string_param(
+				 cmp, OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT, "compressed"),
+			 1);
+	uint8_t enc[100];
+	size_t encl = 0;
+	assert_int_equal(EVP_PKEY_get_octet_string_param(cmp, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY,
+							 enc, sizeof(enc), &encl),
+			 1);
+	assert_int_equal(encl, 33);
+	uint8_t nid[16] = {9}, w[64];
+	size_t wl;
+	assert_int_equal(hsm_wrap_for_member(e->s, &k, eph, cmp, PSC_ID, EPOCH, nid, &alg, w,
+					     sizeof(w), &wl, &err),
+			 PSC_OK);
+	assert_int_equal(proto_keywrap_unwrap(cmp, alg, PSC_ID, EPOCH, nid, hsm_eph_public(eph),
+					      65, w, wl, got, &err),
+			 PSC_OK);
+	assert_memory_equal(got, known, 32);
+	EVP_PKEY_free(cmp);
 	hsm_eph_free(&eph);
 	assert_int_equal(hsm_key_destroy(e->s, &k, &err), PSC_OK);
 }
