@@ -578,9 +578,10 @@ static psc_rc walk_map(struct loader *l, const node *map, const char *prefix)
 			return rc;
 		if (k->type == K_SECTION) {
 			if (v->kind != N_MAP)
-				return nerr(l, v, "'%s' must be a mapping of keys, found a %s",
-					    name, v->kind == N_SCALAR && is_null(v) ? "empty value"
-										: kind_name(v->kind));
+				return nerr(l, v, "'%s' must be a mapping of keys, found %s", name,
+					    v->kind == N_SCALAR && is_null(v) ? "no value"
+					    : v->kind == N_SCALAR	    ? "a scalar"
+									    : "a sequence");
 			rc = walk_map(l, v, name);
 		} else if (k->type == K_BOOL) {
 			rc = set_bool(l, k, v);

@@ -8,3 +8,4 @@ psc_add_test(test_kms_cmd SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_cmd.c
   LIBS kms_test_samples psc_kms_core)
 psc_add_test(test_kms_store SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_store.c
   LIBS kms_test_samples psc_kms_core)
+psc_add_test(test_kms_config SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_config.c LIBS psc_kms_core)
