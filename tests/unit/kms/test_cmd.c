@@ -392,8 +392,56 @@ static void test_decode_patched(void **state)
 	free(buf);
 }
 
-int main(void)
+/* Seeds for tests/fuzz/corpus/kms_cmd: typical and maximal commands of every
+ * type, commands that hit the fuzz fixture's store (ids 1 and 2), one truncated. */
+static int write_corpus(const char *dir)
 {
+	kms_cmd seeds[2 * KMS_CMD_TYPE_MAX + 12];
+	size_t n = 0;
+	for (int t = 1; t <= KMS_CMD_TYPE_MAX; t++) {
+		seeds[n++] = typical((kms_cmd_type)t);
+		seeds[n++] = ks_max((kms_cmd_type)t);
+	}
+	seeds[n++] = ks_add(1, 3, 100);
+	seeds[n++] = ks_add(1, 1, 100);
+	seeds[n++] = ks_remove(1, 2);
+	seeds[n++] = ks_ack(1, 1, 2);
+	seeds[n++] = ks_epoch(1, 3, 500, 100);
+	seeds[n++] = ks_rewrap(1, 1, "kek-2");
+	seeds[n++] = ks_destroy(1, 100);
+	seeds[n++] = ks_create(2, "two", 2, 30, 0, 1, 100);
+	seeds[n++] = ks_create(3, "one", 2, 30, 0, 1, 100);
+	seeds[n++] = ks_ban(2, true, 100);
+	seeds[n++] = ks_floor(2, 9);
+	seeds[n++] = ks_peer(2, 100);
+	for (size_t i = 0; i <= n; i++) {
+		const kms_cmd *c = &seeds[i < n ? i : 0];
+		uint8_t *buf = NULL;
+		size_t len = 0;
+		psc_err e;
+		if (kms_cmd_encode(c, &buf, &len, &e) != PSC_OK) {
+			fprintf(stderr, "seed %zu: %s\n", i, psc_err_text(&e));
+			return 1;
+		}
+		if (i == n)
+			len /= 2; /* one truncated seed */
+		char path[4096];
+		snprintf(path, sizeof(path), "%s/%02zu-%s%s.bin", dir, i,
+			 kms_cmd_type_name(c->type), i == n ? "-truncated" : "");
+		FILE *f = fopen(path, "wb");
+		if (!f || fwrite(buf, 1, len, f) != len || fclose(f) != 0) {
+			fprintf(stderr, "%s: cannot write\n", path);
+			return 1;
+		}
+		free(buf);
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
+		return write_corpus(argv[2]);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_roundtrip_typical),
 		cmocka_unit_test(test_roundtrip_max),
