@@ -37,6 +37,7 @@ enum st {
 	ST_PEER_EXISTS,
 	ST_PEER_BAN,
 	ST_PEER_GET,
+	ST_PEER_ALL,
 	ST_PSC_STATE,
 	ST_PSC_BY_NAME_ID,
 	ST_PSC_INSERT,
@@ -103,6 +104,7 @@ static const char *const SQL[ST_COUNT_] = {
 	[ST_PEER_EXISTS] = "SELECT 1 FROM peers WHERE node_id = ?1",
 	[ST_PEER_BAN] = "UPDATE peers SET banned = ?2, banned_ms = ?3 WHERE node_id = ?1",
 	[ST_PEER_GET] = "SELECT " PEER_COLS "FROM peers WHERE node_id = ?1",
+	[ST_PEER_ALL] = "SELECT " PEER_COLS "FROM peers ORDER BY node_id",
 	[ST_PSC_STATE] = "SELECT destroyed, epoch, max_members, refresh_s, "
 			 "coalesce((SELECT epoch FROM epoch_hwm h WHERE h.psc_id = ?1), 0) "
 			 "FROM pscs WHERE psc_id = ?1",
@@ -1313,6 +1315,15 @@ static psc_rc rd_epoch(kms_store *s, sqlite3_stmt *st, void *row, psc_err *err)
 	return read_epoch(s, st, row, err);
 }
 
+struct peer_fn {
+	int (*fn)(void *, const kms_peer *);
+	void *arg;
+};
+static int call_peer(void *a, const void *row)
+{
+	struct peer_fn *f = a;
+	return f->fn(f->arg, row);
+}
 struct psc_fn {
 	int (*fn)(void *, const kms_psc *);
 	void *arg;
@@ -1380,6 +1391,26 @@ psc_rc kms_store_peer_get(kms_store *s, const uint8_t node_id[PSC_NODE_ID_LEN], 
 		hex16(node_id, h);
 		return psc_err_set(err, PSC_E_KMS_UNKNOWN_PEER, "node %s is unknown", h);
 	}
+	return rc;
+}
+
+psc_rc kms_store_peer_foreach(kms_store *s, int (*fn)(void *arg, const kms_peer *p), void *arg,
+			      psc_err *err)
+{
+	if (!s || !fn)
+		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_peer_foreach: NULL argument");
+	sqlite3_stmt *st;
+	psc_rc rc = st_get(s, ST_PEER_ALL, &st, err);
+	if (rc != PSC_OK)
+		return rc;
+	kms_peer *row = malloc(sizeof(*row));
+	if (!row) {
+		st_done(st);
+		return psc_err_set(err, PSC_E_NOMEM, "state database %s: out of memory", s->path);
+	}
+	struct peer_fn f = {fn, arg};
+	rc = each_row(s, st, rd_peer, row, call_peer, &f, "reading table 'peers'", err);
+	free(row);
 	return rc;
 }
 

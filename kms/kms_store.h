@@ -156,6 +156,11 @@ typedef struct kms_store_counts {
 psc_rc kms_store_peer_get(kms_store *s, const uint8_t node_id[PSC_NODE_ID_LEN], kms_peer *out,
 			  psc_err *err) PSC_WUR;
 
+/* Every known peer ordered by node id (CRL reload: find revoked members;
+ * psc-kmsctl peer list). */
+psc_rc kms_store_peer_foreach(kms_store *s, int (*fn)(void *arg, const kms_peer *p), void *arg,
+			      psc_err *err) PSC_WUR;
+
 /* By id, live or tombstone (check out->destroyed). PSC_E_KMS_UNKNOWN_PSC if never created. */
 psc_rc kms_store_psc_get(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], kms_psc *out,
 			 psc_err *err) PSC_WUR;

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -199,6 +201,15 @@ static bool id_is(const uint8_t id[16], unsigned n)
 
 /* ---- peers --------------------------------------------------------------- */
 
+/* Visiting order as text: node number, '!' when banned. */
+static int peer_seen(void *arg, const kms_peer *p)
+{
+	char *out = arg;
+	size_t n = strlen(out);
+	snprintf(out + n, 16, "%u%s ", p->node_id[15], p->banned ? "!" : "");
+	return 0;
+}
+
 static void test_peers(void **state)
 {
 	struct fx *f = *state;
@@ -257,6 +268,9 @@ static void test_peers(void **state)
 	assert_int_equal(kms_store_counts_get(s, &n, &e), PSC_OK);
 	assert_int_equal(n.peers, 2);
 	assert_int_equal(n.peers_banned, 1);
+	char seen[64] = "";
+	assert_int_equal(kms_store_peer_foreach(s, peer_seen, seen, &e), PSC_OK);
+	assert_string_equal(seen, "1 2! ");
 	free(p);
 }
 
@@ -1031,6 +1045,66 @@ static void test_bad_files(void **state)
 	assert_int_equal(kms_store_open(&f->s, f->path, &e), PSC_OK);
 }
 
+/*
+ * A full disk: RLIMIT_FSIZE makes every write past the limit fail with EFBIG,
+ * as ENOSPC would. The failing call reports an I/O error naming the file and
+ * the next step; the batch is gone, the committed state is intact, and once
+ * space is back the store works without a restart.
+ */
+static void test_disk_full(void **state)
+{
+	struct fx *f = *state;
+	kms_store *s = f->s;
+	script(s);
+	uint8_t before[32], after[32];
+	struct rlimit old;
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+	void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+	struct stat st;
+	assert_int_equal(stat(f->path, &st), 0);
+	struct rlimit lim = {.rlim_cur = (rlim_t)st.st_size + 8192, .rlim_max = old.rlim_max};
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+
+	psc_err e;
+	psc_err_clear(&e);
+	psc_rc rc = kms_store_begin(s, &e);
+	for (unsigned n = 100; rc == PSC_OK && n < 400; n++) {
+		kms_cmd c = ks_max(KMS_CMD_PEER_UPSERT);
+		ks_id(c.peer_upsert.node_id, n);
+		rc = kms_store_apply(s, &c, &e);
+		if (rc == PSC_OK && n % 20 == 0) /* commit now and then: WAL writes */
+			rc = kms_store_commit(s, kms_store_last_audit_seq(s) + 1, &e);
+		if (rc == PSC_OK && n % 20 == 0)
+			rc = kms_store_begin(s, &e);
+	}
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, prev);
+	if (rc != PSC_E_KMS_DB_IO)
+		fail_msg("want PSC_E_KMS_DB_IO, got %s (%s)", psc_rc_name(rc), psc_err_text(&e));
+	assert_non_null(strstr(e.detail, f->path));
+	assert_non_null(strstr(e.detail, "check free space"));
+	print_message("full disk reported as: %s\n", e.detail);
+	kms_store_rollback(s);
+	assert_false(kms_store_in_txn(s));
+
+	/* What the store shows now is what is on disk: the batches committed before
+	 * the disk filled, nothing of the failed one. */
+	uint64_t seq = kms_store_last_audit_seq(s);
+	assert_true(seq >= 3);
+	digest(s, after);
+	kms_store_counts n;
+	assert_int_equal(kms_store_counts_get(s, &n, &e), PSC_OK);
+	assert_int_equal((n.peers - 6) % 20, 0); /* whole batches of 20 only */
+	kms_store_close(&f->s);
+	assert_int_equal(kms_store_open(&f->s, f->path, &e), PSC_OK);
+	digest(f->s, before);
+	assert_memory_equal(before, after, 32);
+	assert_int_equal(kms_store_last_audit_seq(f->s), seq);
+	/* And it takes changes again. */
+	ok(f->s, ks_floor(500, 1));
+	assert_int_equal(highest(f->s, 500), 1);
+}
+
 static void test_second_process_locked_out(void **state)
 {
 	struct fx *f = *state;
@@ -1055,6 +1129,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_bad_files, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_second_process_locked_out, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_disk_full, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
