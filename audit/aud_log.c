@@ -256,7 +256,7 @@ static psc_rc open_segment(aud_log *log, unsigned n, bool create, psc_err *err)
 }
 
 /* Called with an empty batch: checkpoint what the old segment holds, start the
- * next one. Its segment.link record is added by need_link(). */
+ * next one. Its segment.link record is added by add_link_if_needed(). */
 static psc_rc rotate(aud_log *log, psc_err *err)
 {
 	psc_rc rc;
