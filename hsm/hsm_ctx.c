@@ -61,6 +61,31 @@ psc_rc hsm_p11_fail(hsm_ctx *ctx, CK_RV rv, const char *fn, psc_rc rc, const cha
 			   hint ? hint : "see the token's documentation");
 }
 
+psc_rc hsm_s_fail(hsm_session *s, CK_RV rv, const char *fn, psc_rc rc, const char *hint,
+		  psc_err *err)
+{
+	hsm_ctx *ctx = s->ctx;
+	if (!hsm_rv_transient(rv)) {
+		CK_SESSION_INFO si;
+		CK_RV srv = ctx->f->C_GetSessionInfo(s->h, &si);
+		if (hsm_rv_transient(srv)) {
+			mark_down(ctx);
+			return psc_err_set(err, PSC_E_HSM_DOWN,
+					   "%s failed on token '%s' (module %s): %s (0x%lx), and "
+					   "the session is gone (%s): the HSM is unavailable; "
+					   "psc-kms retries by itself, check the device",
+					   fn, ctx->label, ctx->module, hsm_ckr_name(rv),
+					   (unsigned long)rv, hsm_ckr_name(srv));
+		}
+		if (s->gen != atomic_load(&ctx->gen))
+			return psc_err_set(err, PSC_E_HSM_DOWN,
+					   "%s failed on token '%s': %s (0x%lx) while the HSM "
+					   "sessions were being reset after a fault: retry",
+					   fn, ctx->label, hsm_ckr_name(rv), (unsigned long)rv);
+	}
+	return hsm_p11_fail(ctx, rv, fn, rc, hint, err);
+}
+
 CK_RV hsm_find(hsm_ctx *ctx, CK_SESSION_HANDLE h, CK_ATTRIBUTE *tmpl, CK_ULONG ntmpl,
 	       CK_OBJECT_HANDLE *out, CK_ULONG max, CK_ULONG *n)
 {
@@ -195,7 +220,10 @@ psc_rc hsm_kek_find_locked(hsm_ctx *ctx, bool required, psc_err *err)
 				   "be AES-256, CKA_SENSITIVE=true, CKA_EXTRACTABLE=false, "
 				   "16-byte CKA_ID): recreate it with psc-kmsctl init",
 				   HSM_LABEL_KEK, ctx->label);
-	memcpy(ctx->kek_id, id, HSM_KEK_ID_LEN);
+	/* Workers read kek_id without the lock: write it only when it changes
+	 * (the ceremony, which runs with no workers), not on every recovery. */
+	if (!atomic_load(&ctx->have_kek) || memcmp(ctx->kek_id, id, HSM_KEK_ID_LEN) != 0)
+		memcpy(ctx->kek_id, id, HSM_KEK_ID_LEN);
 	atomic_store(&ctx->kek, hs[0]);
 	atomic_store(&ctx->have_kek, true);
 	return PSC_OK;
@@ -611,7 +639,7 @@ psc_rc hsm_random(hsm_session *s, uint8_t *buf, size_t n, psc_err *err)
 		return rc;
 	CK_RV rv = s->ctx->f->C_GenerateRandom(s->h, buf, n);
 	if (rv != CKR_OK)
-		return hsm_p11_fail(s->ctx, rv, "C_GenerateRandom", PSC_E_HSM_P11,
+		return hsm_s_fail(s, rv, "C_GenerateRandom", PSC_E_HSM_P11,
 				    "the token's RNG failed", err);
 	return PSC_OK;
 }

@@ -49,7 +49,7 @@ psc_rc hsm_epoch_generate(hsm_session *s, hsm_key *key_out,
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
 	CK_RV rv = ctx->f->C_GenerateKey(s->h, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
 	if (rv != CKR_OK)
-		return hsm_p11_fail(ctx, rv, "C_GenerateKey(CKM_GENERIC_SECRET_KEY_GEN)",
+		return hsm_s_fail(s, rv, "C_GenerateKey(CKM_GENERIC_SECRET_KEY_GEN)",
 				    PSC_E_HSM_P11, "the token cannot make the epoch secret", err);
 	CK_MECHANISM wrap = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 	CK_ULONG wl = HSM_EPOCH_BLOB_LEN - 1 - HSM_KEK_ID_LEN;
@@ -62,7 +62,7 @@ psc_rc hsm_epoch_generate(hsm_session *s, hsm_key *key_out,
 					   "C_WrapKey(CKM_AES_KEY_WRAP_PAD) gave %lu bytes, "
 					   "expected 40: the token's RFC 5649 wrap is broken",
 					   (unsigned long)wl);
-		return hsm_p11_fail(ctx, rv, "C_WrapKey(CKM_AES_KEY_WRAP_PAD)", PSC_E_HSM_P11,
+		return hsm_s_fail(s, rv, "C_WrapKey(CKM_AES_KEY_WRAP_PAD)", PSC_E_HSM_P11,
 				    "cannot wrap the epoch secret under the master KEK", err);
 	}
 	blob_out[0] = HSM_EPOCH_BLOB_VERSION;
@@ -108,7 +108,7 @@ psc_rc hsm_epoch_load(hsm_session *s, const uint8_t *blob, size_t blob_len, hsm_
 		CK_ULONG n = 0;
 		CK_RV frv = hsm_find(ctx, s->h, ft, 3, &kek, 1, &n);
 		if (frv != CKR_OK)
-			return hsm_p11_fail(ctx, frv, "C_FindObjects", PSC_E_HSM_P11,
+			return hsm_s_fail(s, frv, "C_FindObjects", PSC_E_HSM_P11,
 					    "cannot look up the blob's KEK", err);
 		if (n == 0) {
 			char hex[2 * HSM_KEK_ID_LEN + 1];
@@ -147,7 +147,7 @@ psc_rc hsm_epoch_load(hsm_session *s, const uint8_t *blob, size_t blob_len, hsm_
 				   "another token with the same KEK id; restore it from backup",
 				   ctx->label, hsm_ckr_name(rv));
 	if (rv != CKR_OK)
-		return hsm_p11_fail(ctx, rv, "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)", PSC_E_HSM_P11,
+		return hsm_s_fail(s, rv, "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)", PSC_E_HSM_P11,
 				    "cannot unwrap the epoch secret", err);
 	/* No CKA_VALUE_LEN check here: SoftHSM reports 0 for unwrapped generic
 	 * secrets and refuses the attribute in the unwrap template. A 40-byte KWP
@@ -169,7 +169,7 @@ psc_rc hsm_key_destroy(hsm_session *s, hsm_key *key, psc_err *err)
 	if (key->gen == atomic_load(&s->ctx->gen)) {
 		CK_RV rv = s->ctx->f->C_DestroyObject(s->h, key->handle);
 		if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID)
-			return hsm_p11_fail(s->ctx, rv, "C_DestroyObject", PSC_E_HSM_P11, NULL,
+			return hsm_s_fail(s, rv, "C_DestroyObject", PSC_E_HSM_P11, NULL,
 					    err);
 	}
 	memset(key, 0, sizeof(*key));

@@ -68,6 +68,14 @@ struct hsm_ctx {
 psc_rc hsm_p11_fail(hsm_ctx *ctx, CK_RV rv, const char *fn, psc_rc rc, const char *hint,
 		    psc_err *err);
 bool hsm_rv_transient(CK_RV rv);
+/*
+ * The same for a call on worker session s. A call cut short by a fault can fail
+ * with anything (CKR_FUNCTION_FAILED, CKR_KEY_FUNCTION_NOT_PERMITTED when the
+ * objects vanish mid-call...), so on a non-transient value it asks the token
+ * whether the session still exists, and treats a dead session as a fault.
+ */
+psc_rc hsm_s_fail(hsm_session *s, CK_RV rv, const char *fn, psc_rc rc, const char *hint,
+		  psc_err *err);
 
 /* Makes s usable: recovers the HSM if needed (or fails fast) and reopens s after
  * a recovery. Every operation on a session starts with it. */

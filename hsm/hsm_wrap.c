@@ -63,7 +63,7 @@ psc_rc hsm_eph_new(hsm_session *s, hsm_eph **out, psc_err *err)
 	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
 	CK_RV rv = ctx->f->C_GenerateKeyPair(s->h, &mech, pub_t, 3, priv_t, 6, &pub, &priv);
 	if (rv != CKR_OK)
-		return hsm_p11_fail(ctx, rv, "C_GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, P-256)",
+		return hsm_s_fail(s, rv, "C_GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, P-256)",
 				    PSC_E_HSM_P11, "cannot make the rekey's ephemeral key", err);
 	uint8_t buf[80];
 	CK_ATTRIBUTE a = {CKA_EC_POINT, buf, sizeof(buf)};
@@ -74,7 +74,7 @@ psc_rc hsm_eph_new(hsm_session *s, hsm_eph **out, psc_err *err)
 		(void)ctx->f->C_DestroyObject(s->h, priv);
 		free(e);
 		if (rv != CKR_OK)
-			return hsm_p11_fail(ctx, rv, "C_GetAttributeValue(CKA_EC_POINT)",
+			return hsm_s_fail(s, rv, "C_GetAttributeValue(CKA_EC_POINT)",
 					    PSC_E_HSM_P11, NULL, err);
 		if (!e)
 			return psc_err_set(err, PSC_E_NOMEM, "hsm_eph_new: out of memory");
@@ -136,7 +136,7 @@ psc_rc hsm_eph_import(hsm_session *s, const uint8_t priv[32], hsm_eph **out, psc
 	CK_RV rv = ctx->f->C_CreateObject(s->h, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &e->priv);
 	if (rv != CKR_OK) {
 		free(e);
-		return hsm_p11_fail(ctx, rv, "C_CreateObject(EC private key)", PSC_E_HSM_P11,
+		return hsm_s_fail(s, rv, "C_CreateObject(EC private key)", PSC_E_HSM_P11,
 				    NULL, err);
 	}
 	e->s = s;
@@ -222,7 +222,7 @@ static psc_rc wrap_rsa(hsm_session *s, const hsm_key *secret, EVP_PKEY *pub, uin
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
 	CK_RV rv = ctx->f->C_CreateObject(s->h, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
 	if (rv != CKR_OK)
-		return hsm_p11_fail(ctx, rv, "C_CreateObject(member RSA public key)",
+		return hsm_s_fail(s, rv, "C_CreateObject(member RSA public key)",
 				    PSC_E_HSM_P11, "the token rejects the member's RSA key", err);
 	/* SHA-256 first unless the token already told us it only does SHA-1. */
 	for (;;) {
@@ -247,7 +247,7 @@ static psc_rc wrap_rsa(hsm_session *s, const hsm_key *secret, EVP_PKEY *pub, uin
 	}
 	(void)ctx->f->C_DestroyObject(s->h, h);
 	if (rv != CKR_OK)
-		return hsm_p11_fail(ctx, rv, "C_WrapKey(CKM_RSA_PKCS_OAEP)", PSC_E_HSM_P11,
+		return hsm_s_fail(s, rv, "C_WrapKey(CKM_RSA_PKCS_OAEP)", PSC_E_HSM_P11,
 				    "cannot wrap the epoch secret to the member's RSA key", err);
 	return PSC_OK;
 }
@@ -348,7 +348,7 @@ static psc_rc wrap_ec(hsm_session *s, const hsm_key *secret, const hsm_eph *eph,
 	CK_OBJECT_HANDLE z = CK_INVALID_HANDLE, kek = CK_INVALID_HANDLE;
 	CK_RV rv = ctx->f->C_DeriveKey(s->h, &m1, eph->priv, z_t, 8, &z);
 	if (rv != CKR_OK)
-		return hsm_p11_fail(ctx, rv, "C_DeriveKey(CKM_ECDH1_DERIVE)",
+		return hsm_s_fail(s, rv, "C_DeriveKey(CKM_ECDH1_DERIVE)",
 				    rv == CKR_MECHANISM_PARAM_INVALID ? PSC_E_HSM_BAD_PUBKEY
 								      : PSC_E_HSM_P11,
 				    "ECDH with the member's P-256 key failed", err);
@@ -357,14 +357,14 @@ static psc_rc wrap_ec(hsm_session *s, const hsm_key *secret, const hsm_eph *eph,
 	rv = ctx->f->C_DeriveKey(s->h, &m2, z, k_t, 8, &kek);
 	(void)ctx->f->C_DestroyObject(s->h, z);
 	if (rv != CKR_OK)
-		return hsm_p11_fail(ctx, rv, "C_DeriveKey(CKM_AES_ECB_ENCRYPT_DATA)",
+		return hsm_s_fail(s, rv, "C_DeriveKey(CKM_AES_ECB_ENCRYPT_DATA)",
 				    PSC_E_HSM_P11, "AES-PRF KEK derivation failed", err);
 	CK_MECHANISM m3 = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 	CK_ULONG wl = (CK_ULONG)cap;
 	rv = ctx->f->C_WrapKey(s->h, &m3, kek, secret->handle, wrapped, &wl);
 	(void)ctx->f->C_DestroyObject(s->h, kek);
 	if (rv != CKR_OK)
-		return hsm_p11_fail(ctx, rv, "C_WrapKey(CKM_AES_KEY_WRAP_PAD)", PSC_E_HSM_P11,
+		return hsm_s_fail(s, rv, "C_WrapKey(CKM_AES_KEY_WRAP_PAD)", PSC_E_HSM_P11,
 				    "cannot wrap the epoch secret under the member KEK", err);
 	if (wl != PROTO_KEYWRAP_KWP_LEN)
 		return psc_err_set(err, PSC_E_HSM_P11,

@@ -9,6 +9,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,6 +256,136 @@ static void token_absent_then_present(void **state)
 	assert_true(sign_ok(f->e.ctx));
 }
 
+
+/* Four workers, each on its own session, through faults injected under them. */
+struct worker {
+	hsm_ctx *ctx;
+	unsigned idx;
+	const uint8_t *blob;
+	const uint8_t *ref;
+	EVP_PKEY *pub, *priv;
+	atomic_bool *stop;
+	long ok, down, stale, bad, wrong;
+	double last_ok_ms;
+	char why[PSC_ERR_DETAIL_MAX];
+};
+
+static double mono_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	hsm_session *s = NULL;
+	psc_err err = {0};
+	if (hsm_session_get(w->ctx, w->idx, &s, &err) != PSC_OK) {
+		w->bad++;
+		return NULL;
+	}
+	uint8_t nid[16] = {0x77}, wr[64], got[32], alg;
+	size_t wl;
+	while (!atomic_load(w->stop)) {
+		hsm_key k = {0};
+		hsm_eph *eph = NULL;
+		psc_rc rc = hsm_epoch_load(s, w->blob, HSM_EPOCH_BLOB_LEN, &k, &err);
+		if (rc == PSC_OK)
+			rc = hsm_eph_new(s, &eph, &err);
+		if (rc == PSC_OK)
+			rc = hsm_wrap_for_member(s, &k, eph, w->pub, PSC_ID, 3, nid, &alg, wr,
+						 sizeof(wr), &wl, &err);
+		if (rc == PSC_OK) {
+			if (proto_keywrap_unwrap(w->priv, alg, PSC_ID, 3, nid, hsm_eph_public(eph),
+						 65, wr, wl, got, &err) != PSC_OK ||
+			    memcmp(got, w->ref, 32) != 0)
+				w->wrong++;
+			else {
+				w->ok++;
+				w->last_ok_ms = mono_ms();
+			}
+		} else if (rc == PSC_E_HSM_DOWN) {
+			w->down++;
+			usleep(2000);
+		} else if (rc == PSC_E_HSM_STALE_KEY) {
+			w->stale++;
+		} else {
+			w->bad++;
+			snprintf(w->why, sizeof(w->why), "%s", psc_err_text(&err));
+		}
+		hsm_eph_free(&eph);
+		psc_rc drc = hsm_key_destroy(s, &k, &err);
+		(void)drc; /* may be DOWN during a fault; the object dies with its session */
+	}
+	return NULL;
+}
+
+static void workers_ride_through_faults(void **state)
+{
+	fx *f = *state;
+	/* a context of its own with four worker sessions */
+	th_close(&f->e);
+	assert_int_equal(th_open(&f->e, "psc", P11FAULT_PATH, 4), 0);
+	psc_err err = {0};
+	hsm_key k;
+	uint8_t blob[HSM_EPOCH_BLOB_LEN], ref[32];
+	assert_int_equal(hsm_epoch_generate(f->e.s, &k, blob, &err), PSC_OK);
+	{
+		EVP_PKEY *pub = th_cert_pub("peer2"), *priv = th_priv("peer2");
+		hsm_eph *eph = NULL;
+		uint8_t nid[16] = {0x77}, wr[64], alg;
+		size_t wl;
+		assert_int_equal(hsm_eph_new(f->e.s, &eph, &err), PSC_OK);
+		assert_int_equal(hsm_wrap_for_member(f->e.s, &k, eph, pub, PSC_ID, 3, nid, &alg, wr,
+						     sizeof(wr), &wl, &err),
+				 PSC_OK);
+		assert_int_equal(proto_keywrap_unwrap(priv, alg, PSC_ID, 3, nid,
+						      hsm_eph_public(eph), 65, wr, wl, ref, &err),
+				 PSC_OK);
+		hsm_eph_free(&eph);
+		EVP_PKEY_free(pub);
+		EVP_PKEY_free(priv);
+	}
+	assert_int_equal(hsm_key_destroy(f->e.s, &k, &err), PSC_OK);
+	EVP_PKEY *pub = th_cert_pub("peer2"), *priv = th_priv("peer2");
+	atomic_bool stop = false;
+	struct worker w[4];
+	pthread_t th[4];
+	for (unsigned i = 0; i < 4; i++) {
+		memset(&w[i], 0, sizeof(w[i]));
+		w[i] = (struct worker){.ctx = f->e.ctx, .idx = i, .blob = blob, .ref = ref,
+				       .pub = pub, .priv = priv, .stop = &stop};
+		assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
+	}
+	usleep(300 * 1000);
+	ctl_write(f, "invalidate 1\n");
+	usleep(400 * 1000);
+	ctl_write(f, "invalidate 1\nfail * CKR_DEVICE_REMOVED\n");
+	usleep(400 * 1000);
+	ctl_write(f, "invalidate 2\n");
+	double back = mono_ms();
+	usleep(1200 * 1000);
+	atomic_store(&stop, true);
+	for (unsigned i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	long down = 0;
+	for (unsigned i = 0; i < 4; i++) {
+		if (w[i].bad)
+			fail_msg("worker %u: unexpected error: %s", i, w[i].why);
+		assert_int_equal(w[i].wrong, 0);
+		assert_true(w[i].ok > 0);
+		assert_true(w[i].last_ok_ms > back); /* every worker came back */
+		down += w[i].down;
+	}
+	assert_true(down > 0); /* the faults were seen */
+	assert_true(hsm_healthy(f->e.ctx));
+	assert_true(sign_ok(f->e.ctx));
+	EVP_PKEY_free(pub);
+	EVP_PKEY_free(priv);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -264,6 +396,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(device_removed_fails_fast_and_comes_back, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(token_absent_then_present, setup, teardown),
+		cmocka_unit_test_setup_teardown(workers_ride_through_faults, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
