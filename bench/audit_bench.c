@@ -237,6 +237,15 @@ int main(int argc, char **argv)
 	char d1[4200], d2[4200];
 	snprintf(d1, sizeof(d1), "%s/single", root);
 	snprintf(d2, sizeof(d2), "%s/group", root);
+	/* Other work on the machine inflates the CPU share; record how busy it was. */
+	char load[64] = "?";
+	FILE *lf = fopen("/proc/loadavg", "r");
+	if (lf) {
+		if (!fgets(load, sizeof(load), lf))
+			snprintf(load, sizeof(load), "?");
+		load[strcspn(load, " ")] = '\0';
+		fclose(lf);
+	}
 	EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
 	if (!key)
 		die("keygen", NULL);
@@ -265,13 +274,14 @@ int main(int argc, char **argv)
 	if (!o)
 		die(sec, NULL);
 	fprintf(o, "## Audit log: fdatasync per record vs group commit (`bench/audit_bench`)\n\n");
-	fprintf(o, "Machine: %s, %ld cores, %s; filesystem: %s. Records are typical "
+	fprintf(o, "Machine: %s, %ld cores, %s, 1-minute load average %s at start; "
+		   "filesystem: %s. Records are typical "
 		   "`psc.join` events (%.0f bytes each on average) with signed checkpoints "
 		   "every 1000 records. Each bare loop writes the same bytes the log wrote, in "
 		   "the same directory, with the same number of fdatasync calls, interleaved "
 		   "batch by batch with the log so both see the same disk; s is the time "
 		   "spent in each side.\n\n",
-		cpu, cores, u.machine, fs, (double)b.bytes / (double)b.records);
+		cpu, cores, u.machine, load, fs, (double)b.bytes / (double)b.records);
 	fprintf(o, "| mode | records | fsyncs | s | records/s | MB/s |\n");
 	fprintf(o, "|---|---:|---:|---:|---:|---:|\n");
 	row(o, &a);
