@@ -472,10 +472,11 @@ int main(int argc, char **argv)
 		     "session, one thread; rates are operations per CPU-second of the calling "
 		     "thread (SoftHSM runs in-process, so this is all the work, and it is "
 		     "robust on a shared machine); %d alternating rounds of %d ms CPU per "
-		     "side, median shown. \"bare\" is the same PKCS#11 calls in a loop with precomputed "
+		     "side, median shown. \"bare\" is the same PKCS#11 calls (same mechanisms "
+		     "and templates) in a loop on a session of its own, with precomputed "
 		     "inputs and no checks; overhead = bare/psc_hsm - 1.\n\n",
 		date, u.machine, cpu, sysconf(_SC_NPROCESSORS_ONLN), ROUNDS, round_ms);
-	fprintf(out, "| operation | psc_hsm ops/s | bare ops/s | overhead | bare loop |\n");
+	fprintf(out, "| operation | psc_hsm ops/CPU-s | bare ops/CPU-s | overhead | bare loop |\n");
 	fprintf(out, "|---|---:|---:|---:|---|\n");
 	printf("%-42s %12s %12s %9s\n", "operation", "psc_hsm/s", "bare/s", "overhead");
 	for (size_t i = 0; i < nrows; i++) {
