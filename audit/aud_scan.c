@@ -226,6 +226,15 @@ psc_rc aud_chain_feed(aud_chain *ch, const char *line, size_t len, aud_parsed *p
 				   "seq %llu: segment.link record inside segment %u",
 				   (unsigned long long)r->seq, ch->segment);
 	}
+	if (strcmp(r->event, "aborted") == 0) {
+		/* An aborted record can only name records before it. */
+		const aud_kv *f = detail_get(r, "first_seq"), *l = detail_get(r, "last_seq");
+		if (!f || !l || f->str || l->str || f->num == 0 || f->num > l->num || l->num >= r->seq)
+			return psc_err_set(err, PSC_E_AUDIT_TAMPERED,
+					   "seq %llu: aborted record must name first_seq <= "
+					   "last_seq before it",
+					   (unsigned long long)r->seq);
+	}
 	uint8_t leaf[32];
 	proto_merkle_leaf_h(h, (const uint8_t *)line, len, leaf);
 	/* Only fails at 2^64 - 1 leaves, and then leaves acc unchanged. */

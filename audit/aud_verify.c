@@ -46,79 +46,76 @@ psc_rc aud_ckpt_read_file(const char *path, aud_ckpt *out, psc_err *err)
 	return rc;
 }
 
-typedef struct cps {
-	aud_ckpt *v;
-	size_t n, cap;
-} cps;
+/*
+ * Checkpoints are read as a stream beside the records (sizes never decrease), so
+ * memory stays constant however long the log: a year of checkpoints every 1000
+ * records would not fit in memory as an array of signatures.
+ */
+typedef struct cpcur {
+	aud_lines *rd;     /* NULL: no checkpoint file */
+	char path[AUD_PATH_MAX];
+	EVP_PKEY *pub;
+	bool have;         /* cur is the next checkpoint still to match */
+	aud_ckpt cur;
+	uint64_t prev_size;
+} cpcur;
 
-static psc_rc load_checkpoints(const aud_verify_opts *o, cps *c, aud_verify_report *rep)
+/* Advances to the next checkpoint (have = false at the end of the file). */
+static psc_rc cp_next(cpcur *c, aud_verify_report *rep)
 {
-	char p[AUD_PATH_MAX];
-	snprintf(p, sizeof(p), "%s/%s", o->dir, AUD_CKPT_FILE);
-	aud_lines *rd = NULL;
-	psc_err e;
-	psc_err_clear(&e);
-	if (access(p, F_OK) != 0 && errno == ENOENT)
-		return PSC_OK; /* a log that never reached a checkpoint */
-	if (aud_lines_open(&rd, p, &e) != PSC_OK)
-		return verdict(rep, AUD_VERIFY_MALFORMED, 0, "%s", psc_err_text(&e));
+	c->have = false;
+	if (!c->rd)
+		return PSC_OK;
 	const char *line;
 	size_t len;
 	uint64_t off;
-	psc_rc rc = PSC_OK;
-	for (;;) {
-		aud_line_kind k = aud_lines_next(rd, &line, &len, &off);
-		if (k == AUD_LINE_EOF)
-			break;
-		uint64_t ln = aud_lines_lineno(rd);
-		if (k != AUD_LINE_OK) {
-			rc = verdict(rep, AUD_VERIFY_MALFORMED, 0,
-				     "%s line %llu: %s", p, (unsigned long long)ln,
-				     k == AUD_LINE_TORN ? "torn last line (a crash the KMS has not "
-							  "repaired yet: let the KMS open the log)"
-							: "unreadable or too long");
-			break;
-		}
-		if (c->n == c->cap) {
-			size_t cap = c->cap ? c->cap * 2 : 64;
-			aud_ckpt *nv = realloc(c->v, cap * sizeof(*nv));
-			if (!nv) {
-				rc = verdict(rep, AUD_VERIFY_MALFORMED, 0, "out of memory");
-				break;
-			}
-			c->v = nv;
-			c->cap = cap;
-		}
-		aud_ckpt *cp = &c->v[c->n];
-		if (aud_ckpt_parse(line, len, cp, &e) != PSC_OK) {
-			rc = verdict(rep, AUD_VERIFY_MALFORMED, 0, "%s line %llu: %s", p,
-				     (unsigned long long)ln, psc_err_text(&e));
-			break;
-		}
-		if (c->n > 0 && cp->size < c->v[c->n - 1].size) {
-			rc = verdict(rep, AUD_VERIFY_TAMPERED, cp->size,
-				     "%s line %llu: checkpoint size %llu is smaller than the one "
-				     "before it (%llu): checkpoints reordered or replaced",
-				     p, (unsigned long long)ln, (unsigned long long)cp->size,
-				     (unsigned long long)c->v[c->n - 1].size);
-			break;
-		}
-		if (o->pubkey) {
-			if (aud_ckpt_verify(cp, o->pubkey) != PSC_OK) {
-				rc = verdict(rep, AUD_VERIFY_TAMPERED, cp->size,
-					     "%s line %llu: signature of the checkpoint at size %llu "
-					     "does not verify with the given public key (forged or "
-					     "signed by another key)",
-					     p, (unsigned long long)ln, (unsigned long long)cp->size);
-				break;
-			}
-			rep->signatures_checked++;
-		}
-		c->n++;
+	aud_line_kind k = aud_lines_next(c->rd, &line, &len, &off);
+	if (k == AUD_LINE_EOF)
+		return PSC_OK;
+	unsigned long long ln = (unsigned long long)aud_lines_lineno(c->rd);
+	if (k != AUD_LINE_OK)
+		return verdict(rep, AUD_VERIFY_MALFORMED, 0, "%s line %llu: %s", c->path, ln,
+			       k == AUD_LINE_TORN ? "torn last line (a crash the KMS has not "
+						    "repaired yet: let the KMS open the log)"
+						  : "unreadable or too long");
+	psc_err e;
+	psc_err_clear(&e);
+	if (aud_ckpt_parse(line, len, &c->cur, &e) != PSC_OK)
+		return verdict(rep, AUD_VERIFY_MALFORMED, 0, "%s line %llu: %s", c->path, ln,
+			       psc_err_text(&e));
+	if (c->cur.size < c->prev_size)
+		return verdict(rep, AUD_VERIFY_TAMPERED, c->cur.size,
+			       "%s line %llu: checkpoint size %llu is smaller than the one before "
+			       "it (%llu): checkpoints reordered or replaced",
+			       c->path, ln, (unsigned long long)c->cur.size,
+			       (unsigned long long)c->prev_size);
+	if (c->pub) {
+		if (aud_ckpt_verify(&c->cur, c->pub) != PSC_OK)
+			return verdict(rep, AUD_VERIFY_TAMPERED, c->cur.size,
+				       "%s line %llu: signature of the checkpoint at size %llu does "
+				       "not verify with the given public key (forged or signed by "
+				       "another key)",
+				       c->path, ln, (unsigned long long)c->cur.size);
+		rep->signatures_checked++;
 	}
-	aud_lines_free(&rd);
-	rep->checkpoints = c->n;
-	return rc;
+	c->prev_size = c->cur.size;
+	rep->checkpoints++;
+	c->have = true;
+	return PSC_OK;
+}
+
+static psc_rc cp_open(cpcur *c, const aud_verify_opts *o, aud_verify_report *rep)
+{
+	memset(c, 0, sizeof(*c));
+	c->pub = o->pubkey;
+	snprintf(c->path, sizeof(c->path), "%s/%s", o->dir, AUD_CKPT_FILE);
+	if (access(c->path, F_OK) != 0 && errno == ENOENT)
+		return PSC_OK; /* a log that never reached a checkpoint */
+	psc_err e;
+	psc_err_clear(&e);
+	if (aud_lines_open(&c->rd, c->path, &e) != PSC_OK)
+		return verdict(rep, AUD_VERIFY_MALFORMED, 0, "%s", psc_err_text(&e));
+	return cp_next(c, rep);
 }
 
 /* Compares the running tree with a checkpoint of exactly ch->count records. */
@@ -155,7 +152,8 @@ psc_rc aud_verify_dir(const aud_verify_opts *o, aud_verify_report *rep)
 	if (!o || !o->dir)
 		return verdict(rep, AUD_VERIFY_MALFORMED, 0, "no directory given");
 	psc_rc rc;
-	cps c = {0};
+	cpcur c;
+	memset(&c, 0, sizeof(c));
 	aud_parsed *p = malloc(sizeof(*p));
 	aud_chain *ch = malloc(sizeof(*ch));
 	aud_lines *rd = NULL;
@@ -172,7 +170,7 @@ psc_rc aud_verify_dir(const aud_verify_opts *o, aud_verify_report *rep)
 			     (unsigned long long)o->trusted->size);
 		goto out;
 	}
-	if ((rc = load_checkpoints(o, &c, rep)) != PSC_OK)
+	if ((rc = cp_open(&c, o, rep)) != PSC_OK)
 		goto out;
 	psc_err e;
 	psc_err_clear(&e);
@@ -190,15 +188,15 @@ psc_rc aud_verify_dir(const aud_verify_opts *o, aud_verify_report *rep)
 		goto out;
 	}
 	rep->segments = nseg;
-	size_t ci = 0;
 	bool trusted_done = false;
 	/* Checkpoints of size 0 (an empty log) hold before any record is read. */
 	for (unsigned s = 1; s <= nseg + 1; s++) {
-		while (ci < c.n && c.v[ci].size == ch->count) {
-			if ((rc = match_root(ch, &c.v[ci], "checkpoint", rep)) != PSC_OK)
+		while (c.have && c.cur.size == ch->count) {
+			if ((rc = match_root(ch, &c.cur, "checkpoint", rep)) != PSC_OK)
 				goto out;
-			rep->covered = c.v[ci].size;
-			ci++;
+			rep->covered = c.cur.size;
+			if ((rc = cp_next(&c, rep)) != PSC_OK)
+				goto out;
 		}
 		if (o->trusted && !trusted_done && o->trusted->size == ch->count) {
 			if ((rc = match_root(ch, o->trusted, "trusted checkpoint", rep)) != PSC_OK)
@@ -244,11 +242,12 @@ psc_rc aud_verify_dir(const aud_verify_opts *o, aud_verify_report *rep)
 			empty = false;
 			count_event(&p->rec, rep);
 			rep->records = ch->count;
-			while (ci < c.n && c.v[ci].size == ch->count) {
-				if ((rc = match_root(ch, &c.v[ci], "checkpoint", rep)) != PSC_OK)
+			while (c.have && c.cur.size == ch->count) {
+				if ((rc = match_root(ch, &c.cur, "checkpoint", rep)) != PSC_OK)
 					goto out;
-				rep->covered = c.v[ci].size;
-				ci++;
+				rep->covered = c.cur.size;
+				if ((rc = cp_next(&c, rep)) != PSC_OK)
+					goto out;
 			}
 			if (o->trusted && !trusted_done && o->trusted->size == ch->count) {
 				if ((rc = match_root(ch, o->trusted, "trusted checkpoint", rep)) !=
@@ -265,12 +264,12 @@ psc_rc aud_verify_dir(const aud_verify_opts *o, aud_verify_report *rep)
 			goto out;
 		}
 	}
-	if (ci < c.n) {
+	if (c.have) {
 		rc = verdict(rep, AUD_VERIFY_TAMPERED, ch->count + 1,
 			     "checkpoint at size %llu covers more records than the log holds "
 			     "(%llu): records %llu..%llu were removed (tail truncated)",
-			     (unsigned long long)c.v[ci].size, (unsigned long long)ch->count,
-			     (unsigned long long)ch->count + 1, (unsigned long long)c.v[ci].size);
+			     (unsigned long long)c.cur.size, (unsigned long long)ch->count,
+			     (unsigned long long)ch->count + 1, (unsigned long long)c.cur.size);
 		goto out;
 	}
 	if (o->trusted && !trusted_done) {
@@ -287,7 +286,7 @@ psc_rc aud_verify_dir(const aud_verify_opts *o, aud_verify_report *rep)
 out:
 	proto_merkle_hasher_free(&h);
 	aud_lines_free(&rd);
-	free(c.v);
+	aud_lines_free(&c.rd);
 	free(p);
 	free(ch);
 	return rc;

@@ -24,6 +24,7 @@
 
 #include "aud_ckpt.h"
 #include "aud_rec.h"
+#include "aud_scan.h"
 #include "aud_testutil.h"
 #include "psc_test.h"
 
@@ -283,6 +284,38 @@ static void restart_reports_last_seq_and_records_aborted(void **state)
 	assert_int_equal(at_audit(&out, "show", f->dir, "--event", "aborted", NULL, NULL), 0);
 	contains(out, "first_seq=4 last_seq=5");
 	free(out);
+
+	/* The verifier's chain rules refuse an aborted record naming itself or later seqs. */
+	aud_chain ch;
+	aud_chain_init(&ch);
+	aud_chain_begin_segment(&ch, 1);
+	aud_parsed *p = malloc(sizeof(*p));
+	assert_non_null(p);
+	aud_rec r;
+	memset(&r, 0, sizeof(r));
+	r.seq = 1;
+	memcpy(r.time, "2026-11-26T17:20:00.123Z", AUD_TIME_LEN + 1);
+	r.kms = "k";
+	r.event = "kms.start";
+	r.result = "ok";
+	char line[AUD_LINE_MAX + 1];
+	size_t n = 0;
+	assert_int_equal(aud_rec_format(&r, line, sizeof(line), &n), PSC_OK);
+	assert_int_equal(aud_chain_feed(&ch, line, n, p, NULL, &e), PSC_OK);
+	r.seq = 2;
+	memcpy(r.prev, ch.last, 32);
+	r.event = "aborted";
+	r.result = "aborted";
+	r.n_detail = 2;
+	r.detail[0] = (aud_kv){.key = "first_seq", .num = 1};
+	r.detail[1] = (aud_kv){.key = "last_seq", .num = 2};
+	assert_int_equal(aud_rec_format(&r, line, sizeof(line), &n), PSC_OK);
+	assert_int_equal(aud_chain_feed(&ch, line, n, p, NULL, &e), PSC_E_AUDIT_TAMPERED);
+	contains(e.detail, "aborted record must name");
+	r.detail[1].num = 1;
+	assert_int_equal(aud_rec_format(&r, line, sizeof(line), &n), PSC_OK);
+	assert_int_equal(aud_chain_feed(&ch, line, n, p, NULL, &e), PSC_OK);
+	free(p);
 }
 
 static void rollback_and_bad_input_leave_no_trace(void **state)

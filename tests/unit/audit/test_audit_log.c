@@ -498,6 +498,22 @@ static void cli_usage_and_show(void **state)
 	contains(out, "{\"seq\":");
 	contains(out, "\"event\":\"segment.link\"");
 	free(out);
+	/* Node-ID: at_fill gives record i the Node-ID i & 0xff repeated; only i = 0 here. */
+	assert_int_equal(at_audit(&out, "show", f->dir, "--node", "00000000000000000000000000000000",
+				  NULL, NULL),
+			 0);
+	contains(out, "req=\"req-0\"");
+	assert_null(strstr(out, "req=\"req-1\""));
+	free(out);
+	/* Time range: everything was written after 2000 and before 9999. */
+	assert_int_equal(at_audit(&out, "show", f->dir, "--since", "2000", "--until", "9999"), 0);
+	contains(out, "req=\"req-199\"");
+	free(out);
+	assert_int_equal(at_audit(&out, "show", f->dir, "--since", "9999", NULL, NULL), 0);
+	assert_null(strstr(out, "req="));
+	free(out);
+	assert_int_equal(at_audit(&out, "show", f->dir, "--node", "xyz", NULL, NULL), 2);
+	free(out);
 	assert_int_equal(at_audit(&out, "show", f->dir, "--until", "1999", NULL, NULL), 0);
 	assert_null(strstr(out, "seq"));
 	assert_null(strstr(out, "peer.initialize"));
