@@ -44,7 +44,8 @@ static psc_rc clear_existing(hsm_ctx *ctx, bool overwrite, psc_err *err)
 	return PSC_OK;
 }
 
-static psc_rc make_kek(hsm_ctx *ctx, uint8_t id[HSM_KEK_ID_LEN], psc_err *err)
+static psc_rc make_kek(hsm_ctx *ctx, uint8_t id[HSM_KEK_ID_LEN], CK_OBJECT_HANDLE *h,
+		       psc_err *err)
 {
 	CK_RV rv = ctx->f->C_GenerateRandom(ctx->ctl, id, HSM_KEK_ID_LEN);
 	if (rv != CKR_OK)
@@ -73,8 +74,7 @@ static psc_rc make_kek(hsm_ctx *ctx, uint8_t id[HSM_KEK_ID_LEN], psc_err *err)
 		{CKA_ID, id, HSM_KEK_ID_LEN},
 	};
 	CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
-	CK_OBJECT_HANDLE h;
-	rv = ctx->f->C_GenerateKey(ctx->ctl, &m, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
+	rv = ctx->f->C_GenerateKey(ctx->ctl, &m, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), h);
 	if (rv != CKR_OK)
 		return hsm_p11_fail(ctx, rv, "C_GenerateKey(CKM_AES_KEY_GEN, master KEK)",
 				    PSC_E_HSM_P11, "the token cannot make the master KEK", err);
@@ -82,7 +82,7 @@ static psc_rc make_kek(hsm_ctx *ctx, uint8_t id[HSM_KEK_ID_LEN], psc_err *err)
 }
 
 static psc_rc make_pair(hsm_ctx *ctx, const char *label, uint8_t id, unsigned rsa_bits,
-			psc_err *err)
+			CK_OBJECT_HANDLE made[2], psc_err *err)
 {
 	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
 	CK_ULONG bits = rsa_bits;
@@ -111,9 +111,8 @@ static psc_rc make_pair(hsm_ctx *ctx, const char *label, uint8_t id, unsigned rs
 		{CKA_LABEL, (void *)label, strlen(label)}, {CKA_ID, &id, 1},
 	};
 	CK_MECHANISM m = {rsa_bits ? CKM_RSA_PKCS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN, NULL, 0};
-	CK_OBJECT_HANDLE hpub, hpriv;
 	CK_RV rv = ctx->f->C_GenerateKeyPair(ctx->ctl, &m, rsa_bits ? pub_rsa : pub_ec,
-					     rsa_bits ? 6 : 5, priv, 10, &hpub, &hpriv);
+					     rsa_bits ? 6 : 5, priv, 10, &made[0], &made[1]);
 	if (rv != CKR_OK)
 		return hsm_p11_fail(ctx, rv,
 				    rsa_bits ? "C_GenerateKeyPair(CKM_RSA_PKCS_KEY_PAIR_GEN)"
@@ -252,13 +251,22 @@ psc_rc hsm_ceremony(hsm_ctx *ctx, const hsm_ceremony_opts *o,
 
 	pthread_mutex_lock(&ctx->lock);
 	uint8_t id[HSM_KEK_ID_LEN];
+	/* All or nothing: a half-made set would block the next run (it refuses to
+	 * overwrite), so whatever this run made is destroyed again on failure. */
+	CK_OBJECT_HANDLE made[5] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE, CK_INVALID_HANDLE,
+				    CK_INVALID_HANDLE, CK_INVALID_HANDLE};
 	psc_rc rc = clear_existing(ctx, o->overwrite, err);
 	if (rc == PSC_OK)
-		rc = make_kek(ctx, id, err);
+		rc = make_kek(ctx, id, &made[0], err);
 	if (rc == PSC_OK)
-		rc = make_pair(ctx, HSM_LABEL_IDENTITY, HSM_ID_IDENTITY, o->rsa_bits, err);
+		rc = make_pair(ctx, HSM_LABEL_IDENTITY, HSM_ID_IDENTITY, o->rsa_bits, &made[1],
+			       err);
 	if (rc == PSC_OK)
-		rc = make_pair(ctx, HSM_LABEL_AUDIT, HSM_ID_AUDIT, 0, err);
+		rc = make_pair(ctx, HSM_LABEL_AUDIT, HSM_ID_AUDIT, 0, &made[3], err);
+	if (rc != PSC_OK)
+		for (int i = 0; i < 5; i++)
+			if (made[i] != CK_INVALID_HANDLE)
+				(void)ctx->f->C_DestroyObject(ctx->ctl, made[i]);
 	hsm_keys_forget_locked(ctx);
 	if (rc == PSC_OK)
 		rc = hsm_kek_find_locked(ctx, true, err);

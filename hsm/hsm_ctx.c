@@ -138,7 +138,10 @@ static psc_rc login_rv(hsm_ctx *ctx, CK_RV rv, psc_err *err)
 	if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)
 		return PSC_OK;
 	if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_INVALID ||
-	    rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED)
+	    rv == CKR_PIN_LOCKED || rv == CKR_PIN_EXPIRED) {
+		/* Tokens lock the PIN after a few wrong tries: a rejected PIN is never
+		 * sent again by this context (recovery then fails fast). */
+		atomic_store(&ctx->pin_rejected, true);
 		return psc_err_set(err, PSC_E_HSM_PIN,
 				   "C_Login as user on token '%s' (module %s) failed: %s: "
 				   "check the PIN file named in kms.yaml%s",
@@ -146,6 +149,7 @@ static psc_rc login_rv(hsm_ctx *ctx, CK_RV rv, psc_err *err)
 				   rv == CKR_PIN_LOCKED ? "; the PIN is locked: the security "
 							  "officer must reset it"
 							: "");
+	}
 	return hsm_p11_fail(ctx, rv, "C_Login", PSC_E_HSM_P11, "cannot log in to the token",
 			    err);
 }
@@ -165,6 +169,12 @@ static psc_rc ctl_open_locked(hsm_ctx *ctx, psc_err *err)
 				    "the token refuses a read-write session", err);
 	ctx->ctl = h;
 	ctx->ctl_open = true;
+	if (atomic_load(&ctx->pin_rejected))
+		return psc_err_set(err, PSC_E_HSM_PIN,
+				   "token '%s' refused the user PIN earlier; not trying it again "
+				   "(the token would lock it): fix the PIN file and restart "
+				   "psc-kms",
+				   ctx->label);
 	rv = ctx->f->C_Login(h, CKU_USER, (CK_UTF8CHAR *)ctx->pin, strlen(ctx->pin));
 	return login_rv(ctx, rv, err);
 }

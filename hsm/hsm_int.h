@@ -51,6 +51,7 @@ struct hsm_ctx {
 	atomic_uint gen;
 	atomic_llong next_try_ms;
 	atomic_int oaep;
+	atomic_bool pin_rejected; /* never retry a PIN the token refused */
 
 	_Atomic CK_OBJECT_HANDLE kek;
 	atomic_bool have_kek;

@@ -32,6 +32,8 @@
 
 #include <p11-kit/pkcs11.h>
 
+#include "hsm_ckr.h" /* the CKR_* name table, compiled in */
+
 #ifndef P11FAULT_DEFAULT_MODULE
 #define P11FAULT_DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #endif
@@ -67,27 +69,25 @@ static struct {
 } pf_sess[PF_MAX_SESSIONS];
 static int pf_nsess;
 
-static CK_RV parse_rv(const char *s)
+/* "CKR_NAME" or a number; false (and a complaint on stderr) if neither, so a
+ * typo in a test never turns into a silent "no fault". */
+static bool parse_rv(const char *s, CK_RV *out)
 {
-	static const struct {
-		const char *n;
-		CK_RV v;
-	} names[] = {
-		{"CKR_SESSION_HANDLE_INVALID", CKR_SESSION_HANDLE_INVALID},
-		{"CKR_SESSION_CLOSED", CKR_SESSION_CLOSED},
-		{"CKR_DEVICE_REMOVED", CKR_DEVICE_REMOVED},
-		{"CKR_DEVICE_ERROR", CKR_DEVICE_ERROR},
-		{"CKR_TOKEN_NOT_PRESENT", CKR_TOKEN_NOT_PRESENT},
-		{"CKR_USER_NOT_LOGGED_IN", CKR_USER_NOT_LOGGED_IN},
-		{"CKR_GENERAL_ERROR", CKR_GENERAL_ERROR},
-		{"CKR_FUNCTION_FAILED", CKR_FUNCTION_FAILED},
-		{"CKR_DEVICE_MEMORY", CKR_DEVICE_MEMORY},
-		{"CKR_HOST_MEMORY", CKR_HOST_MEMORY},
-	};
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-		if (strcmp(s, names[i].n) == 0)
-			return names[i].v;
-	return strtoul(s, NULL, 0);
+	for (CK_RV v = 0; v < 0x400; v++) {
+		if (strcmp(hsm_ckr_name(v), s) == 0) {
+			*out = v;
+			return true;
+		}
+	}
+	char *end = NULL;
+	unsigned long v = strtoul(s, &end, 0);
+	if (end && end != s && *end == '\0' && v != CKR_OK) {
+		*out = v;
+		return true;
+	}
+	fprintf(stderr, "p11fault: unknown return value '%s' in %s: line ignored\n", s,
+		getenv("P11FAULT_CTL"));
+	return false;
 }
 
 /* Marks every tracked session dead and really closes it underneath. */
@@ -123,8 +123,10 @@ static void reload_locked(void)
 		char a[64] = "", b[64] = "", c[64] = "";
 		int n = sscanf(line, "%63s %63s %63s", a, b, c);
 		if (n >= 3 && strcmp(a, "fail") == 0 && pf.nrules < PF_MAX_RULES) {
+			if (!parse_rv(c, &pf.rules[pf.nrules].rv))
+				continue;
 			snprintf(pf.rules[pf.nrules].func, sizeof(pf.rules[0].func), "%s", b);
-			pf.rules[pf.nrules++].rv = parse_rv(c);
+			pf.nrules++;
 		} else if (n >= 2 && strcmp(a, "invalidate") == 0) {
 			long v = strtol(b, NULL, 0);
 			if (v != pf.invalidate)
@@ -132,8 +134,8 @@ static void reload_locked(void)
 			pf.invalidate = v;
 		} else if (n >= 1 && strcmp(a, "absent") == 0) {
 			absent = true;
-			if (n >= 2)
-				absent_rv = parse_rv(b);
+			if (n >= 2 && !parse_rv(b, &absent_rv))
+				absent_rv = CKR_DEVICE_REMOVED;
 		}
 	}
 	if (f)

@@ -36,6 +36,8 @@ typedef struct fx {
 	char ctl[4200];
 } fx;
 
+/* p11fault may stay loaded between tests, keeping the last "invalidate" value:
+ * every test uses values of its own. */
 static void ctl_write(fx *f, const char *text)
 {
 	char tmp[4300];
@@ -151,7 +153,7 @@ static void session_invalidated_reopens_without_restart(void **state)
 	assert_int_equal(hsm_epoch_generate(f->e.s, &k, blob, &err), PSC_OK);
 	assert_int_equal(peer1_secret(f, f->e.s, &k, before, &err), PSC_OK);
 
-	ctl_write(f, "invalidate 1\n");
+	ctl_write(f, "invalidate 11\n");
 	assert_int_equal(hsm_random(f->e.s, r, sizeof(r), &err), PSC_E_HSM_DOWN);
 	assert_true(th_has(err.detail, "CKR_SESSION_HANDLE_INVALID"));
 	assert_true(th_has(err.detail, "C_GenerateRandom"));
@@ -207,7 +209,7 @@ static void device_removed_fails_fast_and_comes_back(void **state)
 	EVP_PKEY *idk = NULL;
 	assert_int_equal(hsm_identity_key(f->e.ctx, &idk, &err), PSC_E_HSM_DOWN);
 
-	ctl_write(f, "invalidate 1\n"); /* back, with fresh (empty) session state */
+	ctl_write(f, "invalidate 21\n"); /* back, with fresh (empty) session state */
 	usleep((RETRY_MS + 50) * 1000);
 	if (hsm_epoch_load(f->e.s, blob, sizeof(blob), &k, &err) != PSC_OK)
 		fail_msg("no recovery: %s", psc_err_text(&err));
@@ -360,11 +362,11 @@ static void workers_ride_through_faults(void **state)
 		assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
 	}
 	usleep(300 * 1000);
-	ctl_write(f, "invalidate 1\n");
+	ctl_write(f, "invalidate 31\n");
 	usleep(400 * 1000);
-	ctl_write(f, "invalidate 1\nfail * CKR_DEVICE_REMOVED\n");
+	ctl_write(f, "invalidate 31\nfail * CKR_DEVICE_REMOVED\n");
 	usleep(400 * 1000);
-	ctl_write(f, "invalidate 2\n");
+	ctl_write(f, "invalidate 32\n");
 	double back = mono_ms();
 	usleep(1200 * 1000);
 	atomic_store(&stop, true);
@@ -386,6 +388,67 @@ static void workers_ride_through_faults(void **state)
 	EVP_PKEY_free(priv);
 }
 
+static void a_rejected_pin_is_never_retried(void **state)
+{
+	fx *f = *state;
+	psc_err err = {0};
+	uint8_t r[4];
+	/* The token forgets the login and then refuses the PIN (changed under us). */
+	ctl_write(f, "invalidate 41\nfail C_Login CKR_PIN_INCORRECT\n");
+	assert_int_equal(hsm_random(f->e.s, r, sizeof(r), &err), PSC_E_HSM_DOWN);
+	if (hsm_random(f->e.s, r, sizeof(r), &err) != PSC_E_HSM_PIN)
+		fail_msg("got: %s", psc_err_text(&err));
+	assert_true(th_has(err.detail, "CKR_PIN_INCORRECT"));
+	assert_false(hsm_healthy(f->e.ctx));
+	/* Even once the token would accept it, the context does not send it again:
+	 * a token locks its PIN after a few wrong tries. */
+	ctl_write(f, "invalidate 41\n");
+	usleep((RETRY_MS + 50) * 1000);
+	assert_int_equal(hsm_random(f->e.s, r, sizeof(r), &err), PSC_E_HSM_PIN);
+	assert_true(th_has(err.detail, "not trying it again"));
+	assert_true(th_has(err.detail, "restart"));
+	assert_false(hsm_healthy(f->e.ctx));
+}
+
+static void failed_ceremony_leaves_nothing_behind(void **state)
+{
+	(void)state;
+	char dir[4096], ctl[4200];
+	assert_int_equal(pt_tmpdir(dir, "p11fault"), 0);
+	snprintf(ctl, sizeof(ctl), "%s/ctl", dir);
+	setenv("P11FAULT_CTL", ctl, 1);
+	FILE *fp = fopen(ctl, "w");
+	assert_non_null(fp);
+	fputs("fail C_GenerateKeyPair CKR_DEVICE_MEMORY\n", fp);
+	fclose(fp);
+	pt_token *tok = NULL;
+	assert_int_equal(pt_token_new(&tok, "psc"), 0);
+	hsm_config c = {.module_path = P11FAULT_PATH, .token_label = "psc", .pin = tok->pin,
+			.sessions = 1, .allow_no_kek = true};
+	hsm_ctx *ctx = NULL;
+	psc_err err = {0};
+	assert_int_equal(hsm_ctx_new(&ctx, &c, &err), PSC_OK);
+	hsm_ceremony_opts o = {.subject = "/CN=kms", .uri_san = "reload://01@x/"};
+	uint8_t id[HSM_KEK_ID_LEN];
+	char *csr = NULL;
+	assert_int_equal(hsm_ceremony(ctx, &o, id, &csr, &err), PSC_E_HSM_P11);
+	assert_true(th_has(err.detail, "C_GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, P-256)"));
+	assert_true(th_has(err.detail, "CKR_DEVICE_MEMORY"));
+	uint8_t zero[HSM_KEK_ID_LEN] = {0}, cur[HSM_KEK_ID_LEN];
+	hsm_kek_id(ctx, cur);
+	assert_memory_equal(cur, zero, HSM_KEK_ID_LEN);
+	/* The KEK made before the failure was removed: a plain rerun works. */
+	fp = fopen(ctl, "w");
+	fclose(fp);
+	assert_int_equal(hsm_ceremony(ctx, &o, id, &csr, &err), PSC_OK);
+	hsm_kek_id(ctx, cur);
+	assert_memory_equal(cur, id, HSM_KEK_ID_LEN);
+	free(csr);
+	hsm_ctx_free(&ctx);
+	pt_token_free(&tok);
+	pt_rm_rf(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -397,6 +460,8 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(token_absent_then_present, setup, teardown),
 		cmocka_unit_test_setup_teardown(workers_ride_through_faults, setup, teardown),
+		cmocka_unit_test_setup_teardown(a_rejected_pin_is_never_retried, setup, teardown),
+		cmocka_unit_test(failed_ceremony_leaves_nothing_behind),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

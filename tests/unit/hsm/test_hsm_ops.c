@@ -16,6 +16,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "hsm_ckr.h"
 #include "hsm_test_util.h"
 #include "proto_keywrap.h"
 
@@ -614,6 +615,19 @@ static void open_errors_say_what_to_do(void **state)
 	pt_token_free(&tok);
 }
 
+static void ckr_names(void **state)
+{
+	(void)state;
+	assert_string_equal(hsm_ckr_name(CKR_OK), "CKR_OK");
+	assert_string_equal(hsm_ckr_name(CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT");
+	assert_string_equal(hsm_ckr_name(CKR_DEVICE_REMOVED), "CKR_DEVICE_REMOVED");
+	assert_string_equal(hsm_ckr_name(CKR_SESSION_HANDLE_INVALID),
+			    "CKR_SESSION_HANDLE_INVALID");
+	assert_string_equal(hsm_ckr_name(CKR_WRAPPED_KEY_INVALID), "CKR_WRAPPED_KEY_INVALID");
+	assert_string_equal(hsm_ckr_name(CKR_VENDOR_DEFINED + 5), "CKR_VENDOR_DEFINED");
+	assert_string_equal(hsm_ckr_name(0x7777), "CKR_(unknown)");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -635,6 +649,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(identity_csr_and_signing_keys, setup, teardown),
 		cmocka_unit_test_setup_teardown(random_and_sessions, setup, teardown),
 		cmocka_unit_test(open_errors_say_what_to_do),
+		cmocka_unit_test(ckr_names),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
