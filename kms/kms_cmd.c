@@ -80,11 +80,11 @@ static psc_rc check_epoch(psc_err *err, kms_cmd_type t, uint64_t epoch)
 	return check_u63(err, t, "epoch", epoch);
 }
 
-#define CHECK(x)                                                                           \
-	do {                                                                               \
-		psc_rc rc_ = (x);                                                          \
-		if (rc_ != PSC_OK)                                                         \
-			return rc_;                                                        \
+#define CHECK(x)                                                                                   \
+	do {                                                                                       \
+		psc_rc rc_ = (x);                                                                  \
+		if (rc_ != PSC_OK)                                                                 \
+			return rc_;                                                                \
 	} while (0)
 
 static psc_rc validate_peer_upsert(const kms_cmd_peer_upsert *c, psc_err *err)
@@ -121,7 +121,7 @@ static psc_rc validate_psc_create(const kms_cmd_psc_create *c, psc_err *err)
 		for (size_t j = 0; j < i; j++)
 			if (c->labels[j].key.len == c->labels[i].key.len &&
 			    memcmp(c->labels[j].key.p, c->labels[i].key.p, c->labels[i].key.len) ==
-				    0)
+				0)
 				return bad(err, t, "labels.key", "duplicate label key");
 	}
 	if (c->flags & ~(uint32_t)KMS_PSC_FLAGS_KNOWN)
@@ -218,8 +218,7 @@ static void encode_body(proto_wr *w, const kms_cmd *cmd)
 		size_t m = proto_wr_vec_open(w, PFX_LABELS);
 		for (size_t i = 0; i < c->n_labels; i++) {
 			wr_b(w, PFX_SHORT, KMS_LABEL_KEY_MAX, c->labels[i].key, "labels.key");
-			wr_b(w, PFX_SHORT, KMS_LABEL_VALUE_MAX, c->labels[i].value,
-			     "labels.value");
+			wr_b(w, PFX_SHORT, KMS_LABEL_VALUE_MAX, c->labels[i].value, "labels.value");
 		}
 		proto_wr_vec_close(w, m, PFX_LABELS, 0, LABELS_BYTES_MAX, "labels");
 		proto_wr_u32(w, c->flags);
@@ -294,8 +293,8 @@ psc_rc kms_cmd_encode(const kms_cmd *cmd, uint8_t **out, size_t *out_len, psc_er
 	rc = proto_wr_take(&w, out, out_len);
 	proto_wr_free(&w);
 	if (rc != PSC_OK)
-		return psc_err_set(err, rc, "encoding %s command: %s",
-				   kms_cmd_type_name(cmd->type), psc_strerror(rc));
+		return psc_err_set(err, rc, "encoding %s command: %s", kms_cmd_type_name(cmd->type),
+				   psc_strerror(rc));
 	return PSC_OK;
 }
 
@@ -373,8 +372,7 @@ psc_rc kms_cmd_decode(const uint8_t *buf, size_t len, kms_cmd *cmd, psc_err *err
 				   "version %u; upgrade every KMS node to the same release",
 				   version, KMS_CMD_VERSION);
 	if (type < 1 || type > KMS_CMD_TYPE_MAX)
-		return psc_err_set(err, PSC_E_KMS_CMD_TYPE, "state command: unknown type %u",
-				   type);
+		return psc_err_set(err, PSC_E_KMS_CMD_TYPE, "state command: unknown type %u", type);
 	cmd->type = (kms_cmd_type)type;
 	switch (cmd->type) {
 	case KMS_CMD_PEER_UPSERT:

@@ -34,17 +34,17 @@
 #define KMS_CMD_VERSION 1
 
 /* Field caps (bytes unless noted). Shared with kms_store's query structs. */
-#define KMS_CERT_DER_MAX 16384          /* one peer certificate, DER */
+#define KMS_CERT_DER_MAX 16384		/* one peer certificate, DER */
 #define KMS_SUBJECT_MAX PSC_MAX_SUBJECT /* certificate subject, text */
 #define KMS_ENDPOINT_MAX PSC_MAX_ENDPOINT
-#define KMS_TRANSPORT_KEY_MAX 32         /* CURVE public key (raw), or empty */
-#define KMS_SUITES_MAX PSC_MAX_SUITES    /* suites in one list (count) */
-#define KMS_NAME_MAX PSC_MAX_NAME        /* PSC name, text, >= 1 byte */
-#define KMS_LABELS_MAX PSC_MAX_LABELS    /* labels on one PSC (count) */
+#define KMS_TRANSPORT_KEY_MAX 32      /* CURVE public key (raw), or empty */
+#define KMS_SUITES_MAX PSC_MAX_SUITES /* suites in one list (count) */
+#define KMS_NAME_MAX PSC_MAX_NAME     /* PSC name, text, >= 1 byte */
+#define KMS_LABELS_MAX PSC_MAX_LABELS /* labels on one PSC (count) */
 #define KMS_LABEL_KEY_MAX PSC_MAX_LABEL_KEY
 #define KMS_LABEL_VALUE_MAX PSC_MAX_LABEL_VALUE
-#define KMS_KEK_ID_MAX 64                /* master KEK id, text, >= 1 byte */
-#define KMS_WRAPPED_MAX 1024             /* epoch secret wrapped under the KEK */
+#define KMS_KEK_ID_MAX 64		       /* master KEK id, text, >= 1 byte */
+#define KMS_WRAPPED_MAX 1024		       /* epoch secret wrapped under the KEK */
 #define KMS_CMD_MAX (KMS_CERT_DER_MAX + 16384) /* one encoded command */
 /* Epochs and timestamps are uint64 on the wire but stored in SQLite's signed
  * integers: commands carrying a larger value are refused (PSC_E_KMS_CMD_FIELD). */
@@ -73,14 +73,14 @@ typedef enum kms_cmd_type {
  * banned state and first_seen_ms of an existing row. */
 typedef struct kms_cmd_peer_upsert {
 	uint8_t node_id[PSC_NODE_ID_LEN];
-	proto_bytes cert_der;  /* 1..KMS_CERT_DER_MAX */
+	proto_bytes cert_der; /* 1..KMS_CERT_DER_MAX */
 	uint8_t cert_sha256[PSC_HASH_LEN];
-	proto_bytes subject;   /* 0..KMS_SUBJECT_MAX, no NUL */
-	proto_bytes endpoint;  /* 0..KMS_ENDPOINT_MAX, no NUL (data endpoint) */
+	proto_bytes subject;	   /* 0..KMS_SUBJECT_MAX, no NUL */
+	proto_bytes endpoint;	   /* 0..KMS_ENDPOINT_MAX, no NUL (data endpoint) */
 	proto_bytes transport_key; /* 0 or KMS_TRANSPORT_KEY_MAX: CURVE key bound at Initialize */
-	uint8_t wrap_alg;      /* PSC_WRAP_* chosen for this peer; 1..255 */
+	uint8_t wrap_alg;	   /* PSC_WRAP_* chosen for this peer; 1..255 */
 	uint16_t suites[KMS_SUITES_MAX];
-	size_t n_suites;       /* 0..KMS_SUITES_MAX */
+	size_t n_suites; /* 0..KMS_SUITES_MAX */
 	uint64_t now_ms;
 } kms_cmd_peer_upsert;
 
@@ -93,12 +93,12 @@ typedef struct kms_cmd_peer_ban {
 
 typedef struct kms_cmd_psc_create {
 	uint8_t psc_id[PSC_PSC_ID_LEN]; /* may reuse a destroyed PSC's id (epochs continue) */
-	proto_bytes name;               /* 1..KMS_NAME_MAX, no NUL; unique among live PSCs */
+	proto_bytes name;		/* 1..KMS_NAME_MAX, no NUL; unique among live PSCs */
 	uint8_t owner[PSC_NODE_ID_LEN];
 	proto_label labels[KMS_LABELS_MAX]; /* keys 1..KMS_LABEL_KEY_MAX, unique; values 0.. */
 	size_t n_labels;
-	uint32_t flags;       /* KMS_PSC_FLAG_* */
-	uint16_t suite;       /* non-zero */
+	uint32_t flags;	      /* KMS_PSC_FLAG_* */
+	uint16_t suite;	      /* non-zero */
 	uint32_t refresh_s;   /* 0: no timer rekeys */
 	uint32_t max_members; /* 0: unlimited */
 	uint64_t now_ms;
@@ -113,11 +113,11 @@ typedef struct kms_cmd_member {
 /* A rekey: the new epoch's secret, wrapped under the master KEK by the leader. */
 typedef struct kms_cmd_epoch_new {
 	uint8_t psc_id[PSC_PSC_ID_LEN];
-	uint64_t epoch;        /* > current and > highest ever issued for this PSC */
-	proto_bytes kek_id;    /* 1..KMS_KEK_ID_MAX, no NUL */
-	proto_bytes wrapped;   /* 1..KMS_WRAPPED_MAX */
+	uint64_t epoch;		/* > current and > highest ever issued for this PSC */
+	proto_bytes kek_id;	/* 1..KMS_KEK_ID_MAX, no NUL */
+	proto_bytes wrapped;	/* 1..KMS_WRAPPED_MAX */
 	uint32_t prev_grace_ms; /* how long the previous epoch stays valid; 0 after a removal */
-	uint64_t now_ms;       /* becomes the PSC's last rekey time (refresh timer) */
+	uint64_t now_ms;	/* becomes the PSC's last rekey time (refresh timer) */
 } kms_cmd_epoch_new;
 
 typedef struct kms_cmd_member_ack {
@@ -134,7 +134,7 @@ typedef struct kms_cmd_psc_destroy {
 /* KEK rotation: replace one stored epoch blob with one wrapped under a new KEK. */
 typedef struct kms_cmd_kek_rewrap {
 	uint8_t psc_id[PSC_PSC_ID_LEN];
-	uint64_t epoch;      /* the current or the retained previous epoch */
+	uint64_t epoch;	     /* the current or the retained previous epoch */
 	proto_bytes kek_id;  /* new KEK id */
 	proto_bytes wrapped; /* new blob */
 } kms_cmd_kek_rewrap;

@@ -25,10 +25,10 @@
 #include <unistd.h>
 #include <yaml.h>
 
-#define CFG_DEPTH_MAX 4     /* root map, section map, (a value) */
-#define CFG_NODES_MAX 4096  /* YAML nodes in one file */
-#define CFG_ITEMS_MAX 256   /* keys in one mapping */
-#define UNIX_PATH_MAX 108   /* sizeof(sun_path) on Linux, with the NUL */
+#define CFG_DEPTH_MAX 4	   /* root map, section map, (a value) */
+#define CFG_NODES_MAX 4096 /* YAML nodes in one file */
+#define CFG_ITEMS_MAX 256  /* keys in one mapping */
+#define UNIX_PATH_MAX 108  /* sizeof(sun_path) on Linux, with the NUL */
 
 /* ---- YAML tree ----------------------------------------------------------- */
 
@@ -38,13 +38,13 @@ typedef struct node node;
 struct node {
 	nkind kind;
 	unsigned line, col; /* 1-based */
-	bool plain;         /* unquoted scalar: numbers and booleans must be plain */
-	char *s;            /* scalar text */
+	bool plain;	    /* unquoted scalar: numbers and booleans must be plain */
+	char *s;	    /* scalar text */
 	size_t slen;
-	size_t n;           /* map: keys (and values); seq: items */
+	size_t n; /* map: keys (and values); seq: items */
 	size_t cap;
-	node **keys;        /* map keys (scalars) */
-	node **items;       /* map values or seq items */
+	node **keys;  /* map keys (scalars) */
+	node **items; /* map values or seq items */
 };
 
 static void node_free(node *n)
@@ -77,10 +77,10 @@ static const char *kind_name(nkind k)
 	return k == N_SCALAR ? "scalar" : k == N_MAP ? "mapping" : "sequence";
 }
 
-static psc_rc at_err(psc_err *err, const char *file, unsigned line, unsigned col,
-		     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static psc_rc at_err(psc_err *err, const char *file, unsigned line, unsigned col,
-		     const char *fmt, ...)
+static psc_rc at_err(psc_err *err, const char *file, unsigned line, unsigned col, const char *fmt,
+		     ...) __attribute__((format(printf, 5, 6)));
+static psc_rc at_err(psc_err *err, const char *file, unsigned line, unsigned col, const char *fmt,
+		     ...)
 {
 	char msg[PSC_ERR_DETAIL_MAX];
 	va_list ap;
@@ -116,9 +116,9 @@ static psc_rc attach(struct parser *p, node *n)
 	node *c = p->stack[p->depth - 1];
 	if (c->kind == N_MAP && !p->pending_key) {
 		if (n->kind != N_SCALAR) {
-			psc_rc rc = at_err(p->err, p->file, n->line, n->col,
-					   "a key must be a plain name, found a %s",
-					   kind_name(n->kind));
+			psc_rc rc =
+			    at_err(p->err, p->file, n->line, n->col,
+				   "a key must be a plain name, found a %s", kind_name(n->kind));
 			node_free(n);
 			return rc;
 		}
@@ -135,9 +135,9 @@ static psc_rc attach(struct parser *p, node *n)
 		return PSC_OK;
 	}
 	if (c->n >= CFG_ITEMS_MAX) {
-		psc_rc rc = at_err(p->err, p->file, n->line, n->col,
-				   "more than %d entries in one %s", CFG_ITEMS_MAX,
-				   kind_name(c->kind));
+		psc_rc rc =
+		    at_err(p->err, p->file, n->line, n->col, "more than %d entries in one %s",
+			   CFG_ITEMS_MAX, kind_name(c->kind));
 		node_free(n);
 		node_free(p->pending_key);
 		p->pending_key = NULL;
@@ -214,8 +214,8 @@ static psc_rc on_event(struct parser *p, const yaml_event_t *ev, int *docs)
 		if (memchr(ev->data.scalar.value, '\0', ev->data.scalar.length))
 			return mark_err(p, m, "value contains a NUL byte");
 		if (!(n = new_node(N_SCALAR, m)) ||
-		    !(n->s = strndup((const char *)ev->data.scalar.value,
-				     ev->data.scalar.length))) {
+		    !(n->s =
+			  strndup((const char *)ev->data.scalar.value, ev->data.scalar.length))) {
 			free(n);
 			return nomem(p);
 		}
@@ -294,11 +294,11 @@ static psc_rc parse_yaml(const char *buf, size_t len, const char *file, node **o
 
 typedef enum {
 	K_SECTION, /* a mapping of further keys */
-	K_STR,     /* text, 1..cap-1 bytes */
-	K_PATH,    /* file or directory; relative to the config's directory */
-	K_ID,      /* [A-Za-z0-9._-], 1..64 */
+	K_STR,	   /* text, 1..cap-1 bytes */
+	K_PATH,	   /* file or directory; relative to the config's directory */
+	K_ID,	   /* [A-Za-z0-9._-], 1..64 */
 	K_LISTEN,  /* tcp://host:port or ipc://path */
-	K_IPC,     /* ipc://path (resolved like K_PATH) */
+	K_IPC,	   /* ipc://path (resolved like K_PATH) */
 	K_BOOL,
 	K_U32,
 	K_U64,
@@ -307,61 +307,69 @@ typedef enum {
 struct key {
 	const char *name; /* dotted */
 	ktype type;
-	size_t off;       /* into kms_config */
-	size_t cap;       /* strings: buffer size */
-	uint64_t lo, hi;  /* numbers */
-	uint64_t def;     /* numbers and booleans */
+	size_t off;	 /* into kms_config */
+	size_t cap;	 /* strings: buffer size */
+	uint64_t lo, hi; /* numbers */
+	uint64_t def;	 /* numbers and booleans */
 	bool required;
 };
 
 #define F(field) offsetof(kms_config, field), sizeof(((kms_config *)0)->field)
-#define SEC(name) {name, K_SECTION, 0, 0, 0, 0, 0, false}
-#define STR(name, t, field, req) {name, t, F(field), 0, 0, 0, req}
-#define NUM(name, t, field, lo, hi, def) {name, t, F(field), lo, hi, def, false}
+#define SEC(name)                                                                                  \
+	{                                                                                          \
+		name, K_SECTION, 0, 0, 0, 0, 0, false                                              \
+	}
+#define STR(name, t, field, req)                                                                   \
+	{                                                                                          \
+		name, t, F(field), 0, 0, 0, req                                                    \
+	}
+#define NUM(name, t, field, lo, hi, def)                                                           \
+	{                                                                                          \
+		name, t, F(field), lo, hi, def, false                                              \
+	}
 #define MIB (1024u * 1024u)
 
 static const struct key KEYS[] = {
-	STR("kms_id", K_ID, kms_id, true),
-	STR("overlay", K_STR, overlay, true),
-	STR("listen", K_LISTEN, listen, true),
-	STR("admin_socket", K_IPC, admin_socket, false),
-	SEC("curve"),
-	NUM("curve.enabled", K_BOOL, curve.enabled, 0, 1, 1),
-	STR("curve.secret_key_file", K_PATH, curve.secret_key_file, false),
-	STR("curve.public_key_file", K_PATH, curve.public_key_file, false),
-	SEC("hsm"),
-	STR("hsm.module", K_PATH, hsm.module, true),
-	STR("hsm.token_label", K_STR, hsm.token_label, true),
-	STR("hsm.pin_file", K_PATH, hsm.pin_file, true),
-	NUM("hsm.workers", K_U32, hsm.workers, 1, 64, 2),
-	SEC("identity"),
-	STR("identity.certificate", K_PATH, identity.certificate, true),
-	SEC("trust"),
-	STR("trust.ca_file", K_PATH, trust.ca_file, true),
-	STR("trust.crl_file", K_PATH, trust.crl_file, false),
-	NUM("trust.crl_reload_s", K_U32, trust.crl_reload_s, 0, 86400, 300),
-	STR("policy_file", K_PATH, policy_file, true),
-	SEC("audit"),
-	STR("audit.dir", K_PATH, audit.dir, true),
-	NUM("audit.checkpoint_every", K_U64, audit.checkpoint_every, 1, 10000000, 1000),
-	NUM("audit.checkpoint_interval_s", K_U32, audit.checkpoint_interval_s, 1, 86400, 300),
-	NUM("audit.segment_bytes", K_U64, audit.segment_bytes, 65536, 1ull << 40, 64ull * MIB),
-	STR("state_db", K_PATH, state_db, true),
-	SEC("timers"),
-	NUM("timers.refresh_default_s", K_U32, timers.refresh_default_s, 10, 31536000, 3600),
-	NUM("timers.freshness_window_s", K_U32, timers.freshness_window_s, 1, 3600, 300),
-	NUM("timers.query_timeout_ms", K_U32, timers.query_timeout_ms, 100, 600000, 30000),
-	NUM("timers.invite_timeout_ms", K_U32, timers.invite_timeout_ms, 100, 600000, 60000),
-	NUM("timers.liveness_timeout_ms", K_U32, timers.liveness_timeout_ms, 100, 600000, 10000),
-	NUM("timers.old_epoch_grace_ms", K_U32, timers.old_epoch_grace_ms, 0, 3600000, 30000),
-	SEC("limits"),
-	NUM("limits.max_message_bytes", K_U32, limits.max_message_bytes, 4096, 64 * MIB, MIB),
-	NUM("limits.per_connection_msgs_per_s", K_U32, limits.per_connection_msgs_per_s, 1,
-	    100000, 50),
-	NUM("limits.per_connection_burst", K_U32, limits.per_connection_burst, 1, 1000000, 100),
-	NUM("limits.sndhwm", K_U32, limits.sndhwm, 1, 1000000, 1000),
-	NUM("limits.rcvhwm", K_U32, limits.rcvhwm, 1, 1000000, 1000),
-	NUM("limits.max_pending_per_peer", K_U32, limits.max_pending_per_peer, 1, 100000, 64),
+    STR("kms_id", K_ID, kms_id, true),
+    STR("overlay", K_STR, overlay, true),
+    STR("listen", K_LISTEN, listen, true),
+    STR("admin_socket", K_IPC, admin_socket, false),
+    SEC("curve"),
+    NUM("curve.enabled", K_BOOL, curve.enabled, 0, 1, 1),
+    STR("curve.secret_key_file", K_PATH, curve.secret_key_file, false),
+    STR("curve.public_key_file", K_PATH, curve.public_key_file, false),
+    SEC("hsm"),
+    STR("hsm.module", K_PATH, hsm.module, true),
+    STR("hsm.token_label", K_STR, hsm.token_label, true),
+    STR("hsm.pin_file", K_PATH, hsm.pin_file, true),
+    NUM("hsm.workers", K_U32, hsm.workers, 1, 64, 2),
+    SEC("identity"),
+    STR("identity.certificate", K_PATH, identity.certificate, true),
+    SEC("trust"),
+    STR("trust.ca_file", K_PATH, trust.ca_file, true),
+    STR("trust.crl_file", K_PATH, trust.crl_file, false),
+    NUM("trust.crl_reload_s", K_U32, trust.crl_reload_s, 0, 86400, 300),
+    STR("policy_file", K_PATH, policy_file, true),
+    SEC("audit"),
+    STR("audit.dir", K_PATH, audit.dir, true),
+    NUM("audit.checkpoint_every", K_U64, audit.checkpoint_every, 1, 10000000, 1000),
+    NUM("audit.checkpoint_interval_s", K_U32, audit.checkpoint_interval_s, 1, 86400, 300),
+    NUM("audit.segment_bytes", K_U64, audit.segment_bytes, 65536, 1ull << 40, 64ull * MIB),
+    STR("state_db", K_PATH, state_db, true),
+    SEC("timers"),
+    NUM("timers.refresh_default_s", K_U32, timers.refresh_default_s, 10, 31536000, 3600),
+    NUM("timers.freshness_window_s", K_U32, timers.freshness_window_s, 1, 3600, 300),
+    NUM("timers.query_timeout_ms", K_U32, timers.query_timeout_ms, 100, 600000, 30000),
+    NUM("timers.invite_timeout_ms", K_U32, timers.invite_timeout_ms, 100, 600000, 60000),
+    NUM("timers.liveness_timeout_ms", K_U32, timers.liveness_timeout_ms, 100, 600000, 10000),
+    NUM("timers.old_epoch_grace_ms", K_U32, timers.old_epoch_grace_ms, 0, 3600000, 30000),
+    SEC("limits"),
+    NUM("limits.max_message_bytes", K_U32, limits.max_message_bytes, 4096, 64 * MIB, MIB),
+    NUM("limits.per_connection_msgs_per_s", K_U32, limits.per_connection_msgs_per_s, 1, 100000, 50),
+    NUM("limits.per_connection_burst", K_U32, limits.per_connection_burst, 1, 1000000, 100),
+    NUM("limits.sndhwm", K_U32, limits.sndhwm, 1, 1000000, 1000),
+    NUM("limits.rcvhwm", K_U32, limits.rcvhwm, 1, 1000000, 1000),
+    NUM("limits.max_pending_per_peer", K_U32, limits.max_pending_per_peer, 1, 100000, 64),
 };
 #define N_KEYS (sizeof(KEYS) / sizeof(KEYS[0]))
 
@@ -395,7 +403,7 @@ static const struct kms_config_pos *find_pos(const kms_config *c, const char *ke
 }
 
 static psc_rc nerr(struct loader *l, const node *n, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static psc_rc nerr(struct loader *l, const node *n, const char *fmt, ...)
 {
 	char msg[PSC_ERR_DETAIL_MAX];
@@ -438,9 +446,8 @@ static psc_rc set_number(struct loader *l, const struct key *k, const node *v)
 			x = x * 10 + d;
 	}
 	if (!ok || x < k->lo || x > k->hi)
-		return nerr(l, v,
-			    "'%s' must be a whole number from %llu to %llu, found '%s'", k->name,
-			    (unsigned long long)k->lo, (unsigned long long)k->hi, v->s);
+		return nerr(l, v, "'%s' must be a whole number from %llu to %llu, found '%s'",
+			    k->name, (unsigned long long)k->lo, (unsigned long long)k->hi, v->s);
 	char *dst = (char *)l->c + k->off;
 	if (k->type == K_U32) {
 		uint32_t y = (uint32_t)x;
@@ -527,15 +534,14 @@ static psc_rc set_string(struct loader *l, const struct key *k, const node *v)
 	}
 	case K_PATH:
 		if (!resolve(l->c->base_dir, s, dst, k->cap))
-			return nerr(l, v, "'%s': path longer than %zu bytes once resolved",
-				    k->name, k->cap - 1);
+			return nerr(l, v, "'%s': path longer than %zu bytes once resolved", k->name,
+				    k->cap - 1);
 		return PSC_OK;
 	default:
 		break;
 	}
 	if (strcmp(k->name, "hsm.token_label") == 0 && v->slen > 32)
-		return nerr(l, v, "'%s' is longer than a PKCS#11 token label (32 bytes)",
-			    k->name);
+		return nerr(l, v, "'%s' is longer than a PKCS#11 token label (32 bytes)", k->name);
 	if (v->slen >= k->cap)
 		return nerr(l, v, "'%s' is longer than %zu bytes", k->name, k->cap - 1);
 	memcpy(dst, s, v->slen + 1);
@@ -580,8 +586,8 @@ static psc_rc walk_map(struct loader *l, const node *map, const char *prefix)
 			if (v->kind != N_MAP)
 				return nerr(l, v, "'%s' must be a mapping of keys, found %s", name,
 					    v->kind == N_SCALAR && is_null(v) ? "no value"
-					    : v->kind == N_SCALAR	    ? "a scalar"
-									    : "a sequence");
+					    : v->kind == N_SCALAR	      ? "a scalar"
+									      : "a sequence");
 			rc = walk_map(l, v, name);
 		} else if (k->type == K_BOOL) {
 			rc = set_bool(l, k, v);
@@ -634,9 +640,9 @@ static psc_rc check_required(struct loader *l, const node *root)
 		const struct kms_config_pos *sp = dot ? find_pos(c, section) : NULL;
 		unsigned line = sp ? sp->line : root->line, col = sp ? sp->col : root->col;
 		const char *why = strncmp(k->name, "curve.", 6) == 0
-					  ? " (CURVE is enabled; set curve.enabled: false only "
-					    "for a test on loopback)"
-					  : "";
+				      ? " (CURVE is enabled; set curve.enabled: false only "
+					"for a test on loopback)"
+				      : "";
 		return at_err(l->err, l->file, line, col, "missing required key '%s'%s", k->name,
 			      why);
 	}
@@ -679,8 +685,9 @@ psc_rc kms_config_parse(kms_config **out, const char *buf, size_t len, const cha
 	psc_rc rc = parse_yaml(buf ? buf : "", len, c->file, &root, err);
 	struct loader l = {.c = c, .file = c->file, .err = err};
 	if (rc == PSC_OK && root->kind != N_MAP)
-		rc = nerr(&l, root, "the file must be a mapping of keys (kms_id: ..., listen: ...), "
-				    "found a %s",
+		rc = nerr(&l, root,
+			  "the file must be a mapping of keys (kms_id: ..., listen: ...), "
+			  "found a %s",
 			  kind_name(root->kind));
 	if (rc == PSC_OK)
 		rc = walk_map(&l, root, "");
@@ -775,8 +782,7 @@ psc_rc kms_secret_read(const char *path, uint8_t *buf, size_t cap, size_t *len, 
 		rc = psc_err_set(err, PSC_E_KMS_SECRET, "secret file %s: cannot stat: %s", path,
 				 strerror(errno));
 	} else if (!S_ISREG(st.st_mode)) {
-		rc = psc_err_set(err, PSC_E_KMS_SECRET, "secret file %s: not a regular file",
-				 path);
+		rc = psc_err_set(err, PSC_E_KMS_SECRET, "secret file %s: not a regular file", path);
 	} else if (st.st_mode & 077) {
 		rc = psc_err_set(err, PSC_E_KMS_SECRET_PERMS,
 				 "secret file %s: mode %04o lets group or others access it; run "
@@ -796,8 +802,9 @@ psc_rc kms_secret_read(const char *path, uint8_t *buf, size_t cap, size_t *len, 
 			ssize_t r = read(fd, &extra, 1);
 			OPENSSL_cleanse(&extra, sizeof(extra));
 			if (r > 0)
-				rc = psc_err_set(err, PSC_E_KMS_SECRET,
-						 "secret file %s: larger than %zu bytes", path, cap);
+				rc =
+				    psc_err_set(err, PSC_E_KMS_SECRET,
+						"secret file %s: larger than %zu bytes", path, cap);
 			break;
 		}
 		ssize_t r = read(fd, buf + n, cap - n);

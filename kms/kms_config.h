@@ -28,30 +28,30 @@
 
 #define KMS_CONFIG_DEFAULT_PATH "/etc/psc-kms/kms.yaml"
 #define KMS_CONFIG_FILE_MAX (256 * 1024) /* bytes in kms.yaml */
-#define KMS_CONFIG_PATH_MAX 4096         /* a resolved path, with its NUL */
-#define KMS_CONFIG_STR_MAX 256           /* ids, endpoints, labels, with the NUL */
-#define KMS_SECRET_MAX 4096              /* bytes in one secret file */
+#define KMS_CONFIG_PATH_MAX 4096	 /* a resolved path, with its NUL */
+#define KMS_CONFIG_STR_MAX 256		 /* ids, endpoints, labels, with the NUL */
+#define KMS_SECRET_MAX 4096		 /* bytes in one secret file */
 
 typedef struct kms_config {
-	char file[KMS_CONFIG_PATH_MAX]; /* the file loaded (for messages) */
+	char file[KMS_CONFIG_PATH_MAX];	    /* the file loaded (for messages) */
 	char base_dir[KMS_CONFIG_PATH_MAX]; /* relative paths resolve against this */
 
-	char kms_id[KMS_CONFIG_STR_MAX];       /* required; [A-Za-z0-9._-], audit records carry it */
-	char overlay[KMS_CONFIG_STR_MAX];      /* required; RELOAD overlay name */
-	char listen[KMS_CONFIG_STR_MAX];       /* required; ZeroMQ endpoint peers connect to */
+	char kms_id[KMS_CONFIG_STR_MAX];  /* required; [A-Za-z0-9._-], audit records carry it */
+	char overlay[KMS_CONFIG_STR_MAX]; /* required; RELOAD overlay name */
+	char listen[KMS_CONFIG_STR_MAX];  /* required; ZeroMQ endpoint peers connect to */
 	char admin_socket[KMS_CONFIG_STR_MAX]; /* ipc://path for psc-kmsctl */
 
 	struct {
-		bool enabled;                               /* default true */
-		char secret_key_file[KMS_CONFIG_PATH_MAX];  /* required when enabled */
-		char public_key_file[KMS_CONFIG_PATH_MAX];  /* required when enabled */
+		bool enabled;				   /* default true */
+		char secret_key_file[KMS_CONFIG_PATH_MAX]; /* required when enabled */
+		char public_key_file[KMS_CONFIG_PATH_MAX]; /* required when enabled */
 	} curve;
 
 	struct {
-		char module[KMS_CONFIG_PATH_MAX];         /* required; PKCS#11 .so */
-		char token_label[KMS_CONFIG_STR_MAX];     /* required; 1..32 bytes */
-		char pin_file[KMS_CONFIG_PATH_MAX];       /* required */
-		uint32_t workers;                         /* 1..64, default 2 */
+		char module[KMS_CONFIG_PATH_MAX];     /* required; PKCS#11 .so */
+		char token_label[KMS_CONFIG_STR_MAX]; /* required; 1..32 bytes */
+		char pin_file[KMS_CONFIG_PATH_MAX];   /* required */
+		uint32_t workers;		      /* 1..64, default 2 */
 	} hsm;
 
 	struct {
@@ -61,16 +61,16 @@ typedef struct kms_config {
 	struct {
 		char ca_file[KMS_CONFIG_PATH_MAX];  /* required; PEM bundle */
 		char crl_file[KMS_CONFIG_PATH_MAX]; /* optional ("" = none; discouraged) */
-		uint32_t crl_reload_s;              /* 0 = never; default 300 */
+		uint32_t crl_reload_s;		    /* 0 = never; default 300 */
 	} trust;
 
 	char policy_file[KMS_CONFIG_PATH_MAX]; /* required */
 
 	struct {
-		char dir[KMS_CONFIG_PATH_MAX];    /* required */
-		uint64_t checkpoint_every;        /* records; default 1000 */
-		uint32_t checkpoint_interval_s;   /* default 300 */
-		uint64_t segment_bytes;           /* default 64 MiB */
+		char dir[KMS_CONFIG_PATH_MAX];	/* required */
+		uint64_t checkpoint_every;	/* records; default 1000 */
+		uint32_t checkpoint_interval_s; /* default 300 */
+		uint64_t segment_bytes;		/* default 64 MiB */
 	} audit;
 
 	char state_db[KMS_CONFIG_PATH_MAX]; /* required */
@@ -85,12 +85,12 @@ typedef struct kms_config {
 	} timers;
 
 	struct {
-		uint32_t max_message_bytes;         /* default 1 MiB */
+		uint32_t max_message_bytes;	    /* default 1 MiB */
 		uint32_t per_connection_msgs_per_s; /* default 50 */
-		uint32_t per_connection_burst;      /* default 100 */
-		uint32_t sndhwm;                    /* default 1000 */
-		uint32_t rcvhwm;                    /* default 1000 */
-		uint32_t max_pending_per_peer;      /* default 64 */
+		uint32_t per_connection_burst;	    /* default 100 */
+		uint32_t sndhwm;		    /* default 1000 */
+		uint32_t rcvhwm;		    /* default 1000 */
+		uint32_t max_pending_per_peer;	    /* default 64 */
 	} limits;
 
 	/* Where each key was written (kms_config_where); opaque to callers. */

@@ -71,98 +71,98 @@ enum st {
 	ST_COUNT_
 };
 
-#define PSC_COLS                                                                           \
-	"psc_id, name, owner, labels, flags, suite, refresh_s, max_members, created_ms, "  \
-	"epoch, last_rekey_ms, destroyed, destroyed_ms, "                                  \
-	"(SELECT count(*) FROM members m WHERE m.psc_id = pscs.psc_id), "                  \
+#define PSC_COLS                                                                                   \
+	"psc_id, name, owner, labels, flags, suite, refresh_s, max_members, created_ms, "          \
+	"epoch, last_rekey_ms, destroyed, destroyed_ms, "                                          \
+	"(SELECT count(*) FROM members m WHERE m.psc_id = pscs.psc_id), "                          \
 	"coalesce((SELECT epoch FROM epoch_hwm h WHERE h.psc_id = pscs.psc_id), 0) "
 #define MEMBER_COLS "m.psc_id, m.node_id, m.added_ms, m.acked_epoch, p.epoch "
 #define EPOCH_COLS "psc_id, epoch, kek_id, wrapped, created_ms, prev_grace_ms "
-#define PEER_COLS                                                                          \
-	"node_id, cert_der, cert_sha256, subject, endpoint, transport_key, wrap_alg, "     \
+#define PEER_COLS                                                                                  \
+	"node_id, cert_der, cert_sha256, subject, endpoint, transport_key, wrap_alg, "             \
 	"suites, banned, first_seen_ms, updated_ms, banned_ms "
 
 static const char *const SQL[ST_COUNT_] = {
-	[ST_BEGIN] = "BEGIN IMMEDIATE",
-	[ST_COMMIT] = "COMMIT",
-	[ST_ROLLBACK] = "ROLLBACK",
-	[ST_SAVEPOINT] = "SAVEPOINT kms_cmd",
-	[ST_RELEASE] = "RELEASE kms_cmd",
-	[ST_ROLLBACK_TO] = "ROLLBACK TO kms_cmd",
-	[ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
-	[ST_META_SET] = "INSERT INTO meta(key, value) VALUES(?1, ?2) "
-			"ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-	[ST_PEER_UPSERT] =
-		"INSERT INTO peers(node_id, cert_der, cert_sha256, subject, endpoint, "
-		"transport_key, wrap_alg, suites, banned, first_seen_ms, updated_ms, banned_ms) "
-		"VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, 0) "
-		"ON CONFLICT(node_id) DO UPDATE SET cert_der = excluded.cert_der, "
-		"cert_sha256 = excluded.cert_sha256, subject = excluded.subject, "
-		"endpoint = excluded.endpoint, transport_key = excluded.transport_key, "
-		"wrap_alg = excluded.wrap_alg, suites = excluded.suites, "
-		"updated_ms = excluded.updated_ms",
-	[ST_PEER_EXISTS] = "SELECT 1 FROM peers WHERE node_id = ?1",
-	[ST_PEER_BAN] = "UPDATE peers SET banned = ?2, banned_ms = ?3 WHERE node_id = ?1",
-	[ST_PEER_GET] = "SELECT " PEER_COLS "FROM peers WHERE node_id = ?1",
-	[ST_PEER_ALL] = "SELECT " PEER_COLS "FROM peers ORDER BY node_id",
-	[ST_PSC_STATE] = "SELECT destroyed, epoch, max_members, refresh_s, "
-			 "coalesce((SELECT epoch FROM epoch_hwm h WHERE h.psc_id = ?1), 0) "
-			 "FROM pscs WHERE psc_id = ?1",
-	[ST_PSC_BY_NAME_ID] = "SELECT psc_id FROM pscs WHERE name = ?1 AND destroyed = 0",
-	[ST_PSC_INSERT] =
-		"INSERT INTO pscs(psc_id, name, owner, labels, flags, suite, refresh_s, "
-		"max_members, created_ms, epoch, last_rekey_ms, due_ms, destroyed, destroyed_ms) "
-		"VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, 0, NULL, 0, 0)",
-	[ST_PSC_RECREATE] =
-		"UPDATE pscs SET name = ?2, owner = ?3, labels = ?4, flags = ?5, suite = ?6, "
-		"refresh_s = ?7, max_members = ?8, created_ms = ?9, epoch = 0, "
-		"last_rekey_ms = 0, due_ms = NULL, destroyed = 0, destroyed_ms = 0 "
-		"WHERE psc_id = ?1 AND destroyed = 1",
-	[ST_PSC_SET_EPOCH] = "UPDATE pscs SET epoch = ?2, last_rekey_ms = ?3, due_ms = ?4 "
-			     "WHERE psc_id = ?1",
-	[ST_PSC_DESTROY] = "UPDATE pscs SET destroyed = 1, destroyed_ms = ?2, due_ms = NULL "
-			   "WHERE psc_id = ?1",
-	[ST_PSC_GET] = "SELECT " PSC_COLS "FROM pscs WHERE psc_id = ?1",
-	[ST_PSC_GET_BY_NAME] = "SELECT " PSC_COLS "FROM pscs WHERE name = ?1 AND destroyed = 0",
-	[ST_PSC_ALL] = "SELECT " PSC_COLS "FROM pscs ORDER BY name, psc_id",
-	[ST_PSC_ALL_LIVE] = "SELECT " PSC_COLS "FROM pscs WHERE destroyed = 0 "
-			    "ORDER BY name, psc_id",
-	[ST_MEMBER_COUNT] = "SELECT count(*) FROM members WHERE psc_id = ?1",
-	[ST_MEMBER_GET] = "SELECT " MEMBER_COLS "FROM members m JOIN pscs p USING(psc_id) "
-			  "WHERE m.psc_id = ?1 AND m.node_id = ?2",
-	[ST_MEMBER_INSERT] = "INSERT INTO members(psc_id, node_id, added_ms, acked_epoch) "
-			     "VALUES(?1, ?2, ?3, 0)",
-	[ST_MEMBER_DELETE] = "DELETE FROM members WHERE psc_id = ?1 AND node_id = ?2",
-	[ST_MEMBER_DELETE_ALL] = "DELETE FROM members WHERE psc_id = ?1",
-	[ST_MEMBER_ACK] = "UPDATE members SET acked_epoch = ?3 WHERE psc_id = ?1 AND node_id = ?2",
-	[ST_MEMBERS_OF_PSC] = "SELECT " MEMBER_COLS "FROM members m JOIN pscs p USING(psc_id) "
-			      "WHERE m.psc_id = ?1 ORDER BY m.node_id",
-	[ST_PSCS_OF_NODE] = "SELECT " MEMBER_COLS "FROM members m JOIN pscs p USING(psc_id) "
-			    "WHERE m.node_id = ?1 AND p.destroyed = 0 ORDER BY m.psc_id",
-	[ST_EPOCH_INSERT] = "INSERT INTO epochs(psc_id, epoch, kek_id, wrapped, created_ms, "
-			    "prev_grace_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-	/* Keep the new epoch and (when it grants a grace period) the one before. */
-	[ST_EPOCH_PRUNE] = "DELETE FROM epochs WHERE psc_id = ?1 AND epoch <> ?2 AND epoch <> ?3",
-	[ST_EPOCH_DELETE_ALL] = "DELETE FROM epochs WHERE psc_id = ?1",
-	[ST_EPOCH_GET] = "SELECT " EPOCH_COLS "FROM epochs WHERE psc_id = ?1 AND epoch = ?2",
-	[ST_EPOCH_PREV] = "SELECT " EPOCH_COLS "FROM epochs WHERE psc_id = ?1 AND epoch < ?2 "
-			  "ORDER BY epoch DESC LIMIT 1",
-	[ST_EPOCH_REWRAP] = "UPDATE epochs SET kek_id = ?3, wrapped = ?4 "
-			    "WHERE psc_id = ?1 AND epoch = ?2",
-	[ST_EPOCHS_BY_KEK] = "SELECT " EPOCH_COLS "FROM epochs WHERE kek_id = ?1 "
-			     "ORDER BY psc_id, epoch",
-	[ST_HWM_GET] = "SELECT epoch FROM epoch_hwm WHERE psc_id = ?1",
-	[ST_HWM_RAISE] = "INSERT INTO epoch_hwm(psc_id, epoch) VALUES(?1, ?2) "
-			 "ON CONFLICT(psc_id) DO UPDATE SET epoch = max(epoch, excluded.epoch)",
-	[ST_REFRESH_DUE] = "SELECT psc_id, due_ms FROM pscs WHERE destroyed = 0 AND "
-			   "due_ms IS NOT NULL AND due_ms <= ?1 ORDER BY due_ms, psc_id",
-	[ST_REFRESH_NEXT] = "SELECT min(due_ms) FROM pscs WHERE destroyed = 0 AND "
-			    "due_ms IS NOT NULL",
-	[ST_COUNTS] = "SELECT (SELECT count(*) FROM peers), "
-		      "(SELECT count(*) FROM peers WHERE banned = 1), "
-		      "(SELECT count(*) FROM pscs WHERE destroyed = 0), "
-		      "(SELECT count(*) FROM pscs WHERE destroyed = 1), "
-		      "(SELECT count(*) FROM members), (SELECT count(*) FROM epochs)",
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_SAVEPOINT] = "SAVEPOINT kms_cmd",
+    [ST_RELEASE] = "RELEASE kms_cmd",
+    [ST_ROLLBACK_TO] = "ROLLBACK TO kms_cmd",
+    [ST_META_GET] = "SELECT value FROM meta WHERE key = ?1",
+    [ST_META_SET] = "INSERT INTO meta(key, value) VALUES(?1, ?2) "
+		    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    [ST_PEER_UPSERT] =
+	"INSERT INTO peers(node_id, cert_der, cert_sha256, subject, endpoint, "
+	"transport_key, wrap_alg, suites, banned, first_seen_ms, updated_ms, banned_ms) "
+	"VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?9, 0) "
+	"ON CONFLICT(node_id) DO UPDATE SET cert_der = excluded.cert_der, "
+	"cert_sha256 = excluded.cert_sha256, subject = excluded.subject, "
+	"endpoint = excluded.endpoint, transport_key = excluded.transport_key, "
+	"wrap_alg = excluded.wrap_alg, suites = excluded.suites, "
+	"updated_ms = excluded.updated_ms",
+    [ST_PEER_EXISTS] = "SELECT 1 FROM peers WHERE node_id = ?1",
+    [ST_PEER_BAN] = "UPDATE peers SET banned = ?2, banned_ms = ?3 WHERE node_id = ?1",
+    [ST_PEER_GET] = "SELECT " PEER_COLS "FROM peers WHERE node_id = ?1",
+    [ST_PEER_ALL] = "SELECT " PEER_COLS "FROM peers ORDER BY node_id",
+    [ST_PSC_STATE] = "SELECT destroyed, epoch, max_members, refresh_s, "
+		     "coalesce((SELECT epoch FROM epoch_hwm h WHERE h.psc_id = ?1), 0) "
+		     "FROM pscs WHERE psc_id = ?1",
+    [ST_PSC_BY_NAME_ID] = "SELECT psc_id FROM pscs WHERE name = ?1 AND destroyed = 0",
+    [ST_PSC_INSERT] =
+	"INSERT INTO pscs(psc_id, name, owner, labels, flags, suite, refresh_s, "
+	"max_members, created_ms, epoch, last_rekey_ms, due_ms, destroyed, destroyed_ms) "
+	"VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, 0, NULL, 0, 0)",
+    [ST_PSC_RECREATE] =
+	"UPDATE pscs SET name = ?2, owner = ?3, labels = ?4, flags = ?5, suite = ?6, "
+	"refresh_s = ?7, max_members = ?8, created_ms = ?9, epoch = 0, "
+	"last_rekey_ms = 0, due_ms = NULL, destroyed = 0, destroyed_ms = 0 "
+	"WHERE psc_id = ?1 AND destroyed = 1",
+    [ST_PSC_SET_EPOCH] = "UPDATE pscs SET epoch = ?2, last_rekey_ms = ?3, due_ms = ?4 "
+			 "WHERE psc_id = ?1",
+    [ST_PSC_DESTROY] = "UPDATE pscs SET destroyed = 1, destroyed_ms = ?2, due_ms = NULL "
+		       "WHERE psc_id = ?1",
+    [ST_PSC_GET] = "SELECT " PSC_COLS "FROM pscs WHERE psc_id = ?1",
+    [ST_PSC_GET_BY_NAME] = "SELECT " PSC_COLS "FROM pscs WHERE name = ?1 AND destroyed = 0",
+    [ST_PSC_ALL] = "SELECT " PSC_COLS "FROM pscs ORDER BY name, psc_id",
+    [ST_PSC_ALL_LIVE] = "SELECT " PSC_COLS "FROM pscs WHERE destroyed = 0 "
+			"ORDER BY name, psc_id",
+    [ST_MEMBER_COUNT] = "SELECT count(*) FROM members WHERE psc_id = ?1",
+    [ST_MEMBER_GET] = "SELECT " MEMBER_COLS "FROM members m JOIN pscs p USING(psc_id) "
+		      "WHERE m.psc_id = ?1 AND m.node_id = ?2",
+    [ST_MEMBER_INSERT] = "INSERT INTO members(psc_id, node_id, added_ms, acked_epoch) "
+			 "VALUES(?1, ?2, ?3, 0)",
+    [ST_MEMBER_DELETE] = "DELETE FROM members WHERE psc_id = ?1 AND node_id = ?2",
+    [ST_MEMBER_DELETE_ALL] = "DELETE FROM members WHERE psc_id = ?1",
+    [ST_MEMBER_ACK] = "UPDATE members SET acked_epoch = ?3 WHERE psc_id = ?1 AND node_id = ?2",
+    [ST_MEMBERS_OF_PSC] = "SELECT " MEMBER_COLS "FROM members m JOIN pscs p USING(psc_id) "
+			  "WHERE m.psc_id = ?1 ORDER BY m.node_id",
+    [ST_PSCS_OF_NODE] = "SELECT " MEMBER_COLS "FROM members m JOIN pscs p USING(psc_id) "
+			"WHERE m.node_id = ?1 AND p.destroyed = 0 ORDER BY m.psc_id",
+    [ST_EPOCH_INSERT] = "INSERT INTO epochs(psc_id, epoch, kek_id, wrapped, created_ms, "
+			"prev_grace_ms) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    /* Keep the new epoch and (when it grants a grace period) the one before. */
+    [ST_EPOCH_PRUNE] = "DELETE FROM epochs WHERE psc_id = ?1 AND epoch <> ?2 AND epoch <> ?3",
+    [ST_EPOCH_DELETE_ALL] = "DELETE FROM epochs WHERE psc_id = ?1",
+    [ST_EPOCH_GET] = "SELECT " EPOCH_COLS "FROM epochs WHERE psc_id = ?1 AND epoch = ?2",
+    [ST_EPOCH_PREV] = "SELECT " EPOCH_COLS "FROM epochs WHERE psc_id = ?1 AND epoch < ?2 "
+		      "ORDER BY epoch DESC LIMIT 1",
+    [ST_EPOCH_REWRAP] = "UPDATE epochs SET kek_id = ?3, wrapped = ?4 "
+			"WHERE psc_id = ?1 AND epoch = ?2",
+    [ST_EPOCHS_BY_KEK] = "SELECT " EPOCH_COLS "FROM epochs WHERE kek_id = ?1 "
+			 "ORDER BY psc_id, epoch",
+    [ST_HWM_GET] = "SELECT epoch FROM epoch_hwm WHERE psc_id = ?1",
+    [ST_HWM_RAISE] = "INSERT INTO epoch_hwm(psc_id, epoch) VALUES(?1, ?2) "
+		     "ON CONFLICT(psc_id) DO UPDATE SET epoch = max(epoch, excluded.epoch)",
+    [ST_REFRESH_DUE] = "SELECT psc_id, due_ms FROM pscs WHERE destroyed = 0 AND "
+		       "due_ms IS NOT NULL AND due_ms <= ?1 ORDER BY due_ms, psc_id",
+    [ST_REFRESH_NEXT] = "SELECT min(due_ms) FROM pscs WHERE destroyed = 0 AND "
+			"due_ms IS NOT NULL",
+    [ST_COUNTS] = "SELECT (SELECT count(*) FROM peers), "
+		  "(SELECT count(*) FROM peers WHERE banned = 1), "
+		  "(SELECT count(*) FROM pscs WHERE destroyed = 0), "
+		  "(SELECT count(*) FROM pscs WHERE destroyed = 1), "
+		  "(SELECT count(*) FROM members), (SELECT count(*) FROM epochs)",
 };
 
 /*
@@ -171,42 +171,42 @@ static const char *const SQL[ST_COUNT_] = {
  * tampered file cannot hand a 3-byte "node id" to the KMS.
  */
 static const char SCHEMA_V1[] =
-	"CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
-	"CREATE TABLE peers("
-	" node_id BLOB PRIMARY KEY CHECK(length(node_id) = 16),"
-	" cert_der BLOB NOT NULL, cert_sha256 BLOB NOT NULL CHECK(length(cert_sha256) = 32),"
-	" subject TEXT NOT NULL, endpoint TEXT NOT NULL, transport_key BLOB NOT NULL,"
-	" wrap_alg INTEGER NOT NULL, suites BLOB NOT NULL,"
-	" banned INTEGER NOT NULL CHECK(banned IN (0, 1)),"
-	" first_seen_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,"
-	" banned_ms INTEGER NOT NULL) WITHOUT ROWID;"
-	/* A destroyed PSC stays as a tombstone (destroyed = 1) with its last epoch. */
-	"CREATE TABLE pscs("
-	" psc_id BLOB PRIMARY KEY CHECK(length(psc_id) = 16),"
-	" name TEXT NOT NULL, owner BLOB NOT NULL CHECK(length(owner) = 16),"
-	" labels BLOB NOT NULL, flags INTEGER NOT NULL, suite INTEGER NOT NULL,"
-	" refresh_s INTEGER NOT NULL, max_members INTEGER NOT NULL,"
-	" created_ms INTEGER NOT NULL, epoch INTEGER NOT NULL, last_rekey_ms INTEGER NOT NULL,"
-	" due_ms INTEGER, destroyed INTEGER NOT NULL CHECK(destroyed IN (0, 1)),"
-	" destroyed_ms INTEGER NOT NULL) WITHOUT ROWID;"
-	"CREATE UNIQUE INDEX pscs_live_name ON pscs(name) WHERE destroyed = 0;"
-	"CREATE INDEX pscs_due ON pscs(due_ms, psc_id) WHERE destroyed = 0 AND due_ms IS NOT NULL;"
-	"CREATE TABLE members("
-	" psc_id BLOB NOT NULL REFERENCES pscs(psc_id) ON DELETE CASCADE,"
-	" node_id BLOB NOT NULL CHECK(length(node_id) = 16),"
-	" added_ms INTEGER NOT NULL, acked_epoch INTEGER NOT NULL,"
-	" PRIMARY KEY(psc_id, node_id)) WITHOUT ROWID;"
-	"CREATE INDEX members_by_node ON members(node_id, psc_id);"
-	/* Wrapped epoch secrets: the current epoch and, during a grace period, the previous. */
-	"CREATE TABLE epochs("
-	" psc_id BLOB NOT NULL REFERENCES pscs(psc_id) ON DELETE CASCADE,"
-	" epoch INTEGER NOT NULL, kek_id TEXT NOT NULL, wrapped BLOB NOT NULL,"
-	" created_ms INTEGER NOT NULL, prev_grace_ms INTEGER NOT NULL,"
-	" PRIMARY KEY(psc_id, epoch)) WITHOUT ROWID;"
-	"CREATE INDEX epochs_by_kek ON epochs(kek_id, psc_id, epoch);"
-	/* Highest epoch ever issued per PSC id: survives destroy, never lowered. */
-	"CREATE TABLE epoch_hwm(psc_id BLOB PRIMARY KEY CHECK(length(psc_id) = 16),"
-	" epoch INTEGER NOT NULL) WITHOUT ROWID;";
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE peers("
+    " node_id BLOB PRIMARY KEY CHECK(length(node_id) = 16),"
+    " cert_der BLOB NOT NULL, cert_sha256 BLOB NOT NULL CHECK(length(cert_sha256) = 32),"
+    " subject TEXT NOT NULL, endpoint TEXT NOT NULL, transport_key BLOB NOT NULL,"
+    " wrap_alg INTEGER NOT NULL, suites BLOB NOT NULL,"
+    " banned INTEGER NOT NULL CHECK(banned IN (0, 1)),"
+    " first_seen_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,"
+    " banned_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    /* A destroyed PSC stays as a tombstone (destroyed = 1) with its last epoch. */
+    "CREATE TABLE pscs("
+    " psc_id BLOB PRIMARY KEY CHECK(length(psc_id) = 16),"
+    " name TEXT NOT NULL, owner BLOB NOT NULL CHECK(length(owner) = 16),"
+    " labels BLOB NOT NULL, flags INTEGER NOT NULL, suite INTEGER NOT NULL,"
+    " refresh_s INTEGER NOT NULL, max_members INTEGER NOT NULL,"
+    " created_ms INTEGER NOT NULL, epoch INTEGER NOT NULL, last_rekey_ms INTEGER NOT NULL,"
+    " due_ms INTEGER, destroyed INTEGER NOT NULL CHECK(destroyed IN (0, 1)),"
+    " destroyed_ms INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE UNIQUE INDEX pscs_live_name ON pscs(name) WHERE destroyed = 0;"
+    "CREATE INDEX pscs_due ON pscs(due_ms, psc_id) WHERE destroyed = 0 AND due_ms IS NOT NULL;"
+    "CREATE TABLE members("
+    " psc_id BLOB NOT NULL REFERENCES pscs(psc_id) ON DELETE CASCADE,"
+    " node_id BLOB NOT NULL CHECK(length(node_id) = 16),"
+    " added_ms INTEGER NOT NULL, acked_epoch INTEGER NOT NULL,"
+    " PRIMARY KEY(psc_id, node_id)) WITHOUT ROWID;"
+    "CREATE INDEX members_by_node ON members(node_id, psc_id);"
+    /* Wrapped epoch secrets: the current epoch and, during a grace period, the previous. */
+    "CREATE TABLE epochs("
+    " psc_id BLOB NOT NULL REFERENCES pscs(psc_id) ON DELETE CASCADE,"
+    " epoch INTEGER NOT NULL, kek_id TEXT NOT NULL, wrapped BLOB NOT NULL,"
+    " created_ms INTEGER NOT NULL, prev_grace_ms INTEGER NOT NULL,"
+    " PRIMARY KEY(psc_id, epoch)) WITHOUT ROWID;"
+    "CREATE INDEX epochs_by_kek ON epochs(kek_id, psc_id, epoch);"
+    /* Highest epoch ever issued per PSC id: survives destroy, never lowered. */
+    "CREATE TABLE epoch_hwm(psc_id BLOB PRIMARY KEY CHECK(length(psc_id) = 16),"
+    " epoch INTEGER NOT NULL) WITHOUT ROWID;";
 
 struct kms_store {
 	sqlite3 *db;
@@ -270,8 +270,7 @@ static psc_rc db_fail(const kms_store *s, psc_err *err, int code, const char *wh
 	const char *msg = s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(code);
 	if (s->db && sqlite3_errcode(s->db) == SQLITE_OK)
 		msg = sqlite3_errstr(code);
-	return psc_err_set(err, rc, "state database %s: %s: %s: %s", s->path, what, msg,
-			   hint(rc));
+	return psc_err_set(err, rc, "state database %s: %s: %s: %s", s->path, what, msg, hint(rc));
 }
 
 static void hex16(const uint8_t id[16], char out[33])
@@ -529,17 +528,18 @@ static psc_rc schema_check(kms_store *s, psc_err *err)
 				   buf, hint(PSC_E_KMS_DB_CORRUPT));
 	rc = meta_get(s, "last_audit_seq", &s->last_audit_seq, &found, err);
 	if (rc == PSC_OK && (!found || s->last_audit_seq > KMS_CMD_U64_MAX))
-		return psc_err_set(err, PSC_E_KMS_DB_CORRUPT,
-				   "state database %s: table 'meta' has no valid last_audit_seq: %s",
-				   s->path, hint(PSC_E_KMS_DB_CORRUPT));
+		return psc_err_set(
+		    err, PSC_E_KMS_DB_CORRUPT,
+		    "state database %s: table 'meta' has no valid last_audit_seq: %s", s->path,
+		    hint(PSC_E_KMS_DB_CORRUPT));
 	return rc;
 }
 
 static psc_rc open_db(kms_store *s, psc_err *err)
 {
-	int rc = sqlite3_open_v2(s->path, &s->db,
-				 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-				 NULL);
+	int rc =
+	    sqlite3_open_v2(s->path, &s->db,
+			    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK)
 		return db_fail(s, err, rc, "cannot open");
 	sqlite3_extended_result_codes(s->db, 1);
@@ -665,8 +665,8 @@ psc_rc kms_store_commit(kms_store *s, uint64_t audit_seq, psc_err *err)
 	if (!s)
 		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_commit: NULL store");
 	if (!s->in_txn)
-		return psc_err_set(err, PSC_E_KMS_TXN,
-				   "state database %s: commit without a batch", s->path);
+		return psc_err_set(err, PSC_E_KMS_TXN, "state database %s: commit without a batch",
+				   s->path);
 	if (audit_seq < s->last_audit_seq || audit_seq > KMS_CMD_U64_MAX)
 		return psc_err_set(err, PSC_E_KMS_AUDIT_SEQ,
 				   "state database %s: commit with audit seq %" PRIu64
@@ -697,8 +697,7 @@ struct psc_state {
 	uint64_t hwm; /* highest epoch ever, from epoch_hwm */
 };
 
-static psc_rc psc_state(kms_store *s, const uint8_t psc_id[16], struct psc_state *ps,
-			psc_err *err)
+static psc_rc psc_state(kms_store *s, const uint8_t psc_id[16], struct psc_state *ps, psc_err *err)
 {
 	memset(ps, 0, sizeof(*ps));
 	sqlite3_stmt *st;
@@ -756,8 +755,7 @@ static psc_rc member_find(kms_store *s, const uint8_t psc_id[16], const uint8_t 
 	return PSC_OK;
 }
 
-static psc_rc count_one(kms_store *s, enum st id, const uint8_t key[16], uint64_t *n,
-			psc_err *err)
+static psc_rc count_one(kms_store *s, enum st id, const uint8_t key[16], uint64_t *n, psc_err *err)
 {
 	sqlite3_stmt *st;
 	psc_rc rc = st_get(s, id, &st, err);
@@ -1026,8 +1024,8 @@ static psc_rc apply_epoch_new(kms_store *s, const kms_cmd_epoch_new *c, psc_err 
 	/* The timer rekey falls due one refresh period after this rekey. */
 	if (ps.refresh_s) {
 		uint64_t add = (uint64_t)ps.refresh_s * 1000u; /* < 2^42: no overflow */
-		uint64_t due = c->now_ms > KMS_CMD_U64_MAX - add ? KMS_CMD_U64_MAX
-								   : c->now_ms + add;
+		uint64_t due =
+		    c->now_ms > KMS_CMD_U64_MAX - add ? KMS_CMD_U64_MAX : c->now_ms + add;
 		b_u64(st, 4, due);
 	} else {
 		sqlite3_bind_null(st, 4);
@@ -1050,8 +1048,8 @@ static psc_rc apply_member_ack(kms_store *s, const kms_cmd_member_ack *c, psc_er
 	if (rc != PSC_OK)
 		return rc;
 	if (!found)
-		return reject_member(err, PSC_E_KMS_NOT_MEMBER, "MEMBER_ACK", c->psc_id,
-				     c->node_id, "is not a member of");
+		return reject_member(err, PSC_E_KMS_NOT_MEMBER, "MEMBER_ACK", c->psc_id, c->node_id,
+				     "is not a member of");
 	if (c->epoch > ps.epoch) {
 		char h[33];
 		hex16(c->psc_id, h);
@@ -1207,8 +1205,7 @@ static psc_rc read_peer(kms_store *s, sqlite3_stmt *st, kms_peer *p, psc_err *er
 	    !c_blob(st, 2, p->cert_sha256, 32, NULL, true) ||
 	    !c_text(st, 3, p->subject, sizeof(p->subject)) ||
 	    !c_text(st, 4, p->endpoint, sizeof(p->endpoint)) ||
-	    !c_blob(st, 5, p->transport_key, KMS_TRANSPORT_KEY_MAX, &p->transport_key_len,
-		    false) ||
+	    !c_blob(st, 5, p->transport_key, KMS_TRANSPORT_KEY_MAX, &p->transport_key_len, false) ||
 	    !c_blob(st, 7, suites, sizeof(suites), &slen, false) || slen % 2)
 		return corrupt_row(s, err, "peers");
 	p->wrap_alg = (uint8_t)sqlite3_column_int(st, 6);
@@ -1225,8 +1222,7 @@ static psc_rc read_peer(kms_store *s, sqlite3_stmt *st, kms_peer *p, psc_err *er
 static psc_rc read_psc(kms_store *s, sqlite3_stmt *st, kms_psc *p, psc_err *err)
 {
 	memset(p, 0, sizeof(*p));
-	if (!c_blob(st, 0, p->psc_id, 16, NULL, true) ||
-	    !c_text(st, 1, p->name, sizeof(p->name)) ||
+	if (!c_blob(st, 0, p->psc_id, 16, NULL, true) || !c_text(st, 1, p->name, sizeof(p->name)) ||
 	    !c_blob(st, 2, p->owner, 16, NULL, true) ||
 	    !labels_decode(sqlite3_column_blob(st, 3), (size_t)sqlite3_column_bytes(st, 3), p))
 		return corrupt_row(s, err, "pscs");
@@ -1249,8 +1245,7 @@ static psc_rc read_psc(kms_store *s, sqlite3_stmt *st, kms_psc *p, psc_err *err)
 static psc_rc read_member(kms_store *s, sqlite3_stmt *st, kms_member *m, psc_err *err)
 {
 	memset(m, 0, sizeof(*m));
-	if (!c_blob(st, 0, m->psc_id, 16, NULL, true) ||
-	    !c_blob(st, 1, m->node_id, 16, NULL, true))
+	if (!c_blob(st, 0, m->psc_id, 16, NULL, true) || !c_blob(st, 1, m->node_id, 16, NULL, true))
 		return corrupt_row(s, err, "members");
 	m->added_ms = c_u64(st, 2);
 	m->acked_epoch = c_u64(st, 3);
@@ -1278,8 +1273,7 @@ typedef psc_rc (*row_reader)(kms_store *s, sqlite3_stmt *st, void *row, psc_err 
  * Each call site pairs a reader and an adapter for the same row type.
  */
 static psc_rc each_row(kms_store *s, sqlite3_stmt *st, row_reader rd, void *row,
-		       int (*fn)(void *, const void *), void *arg, const char *what,
-		       psc_err *err)
+		       int (*fn)(void *, const void *), void *arg, const char *what, psc_err *err)
 {
 	for (;;) {
 		bool more;
@@ -1542,11 +1536,12 @@ static psc_rc epoch_row(kms_store *s, enum st id, const uint8_t psc_id[16], uint
 	return rc;
 }
 
-psc_rc kms_store_epoch_current(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN],
-			       kms_epoch *out, psc_err *err)
+psc_rc kms_store_epoch_current(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], kms_epoch *out,
+			       psc_err *err)
 {
 	if (!s || !psc_id || !out)
-		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_epoch_current: NULL argument");
+		return psc_err_set(err, PSC_E_INVALID_ARG,
+				   "kms_store_epoch_current: NULL argument");
 	struct psc_state ps;
 	psc_rc rc = psc_state(s, psc_id, &ps, err);
 	if (rc != PSC_OK)
@@ -1554,8 +1549,7 @@ psc_rc kms_store_epoch_current(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN
 	if (!ps.exists)
 		return reject_psc(err, PSC_E_KMS_UNKNOWN_PSC, "epoch lookup", psc_id, "is unknown");
 	if (ps.destroyed)
-		return reject_psc(err, PSC_E_KMS_NO_EPOCH, "epoch lookup", psc_id,
-				  "was destroyed");
+		return reject_psc(err, PSC_E_KMS_NO_EPOCH, "epoch lookup", psc_id, "was destroyed");
 	if (ps.epoch == 0)
 		return reject_psc(err, PSC_E_KMS_NO_EPOCH, "epoch lookup", psc_id,
 				  "has no epoch yet");
@@ -1566,8 +1560,8 @@ psc_rc kms_store_epoch_current(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN
 	return rc;
 }
 
-psc_rc kms_store_epoch_previous(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN],
-				uint64_t now_ms, kms_epoch *out, psc_err *err)
+psc_rc kms_store_epoch_previous(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t now_ms,
+				kms_epoch *out, psc_err *err)
 {
 	kms_epoch *cur = malloc(sizeof(*cur));
 	if (!cur)
@@ -1595,7 +1589,8 @@ psc_rc kms_store_epochs_by_kek(kms_store *s, const char *kek_id,
 			       int (*fn)(void *arg, const kms_epoch *e), void *arg, psc_err *err)
 {
 	if (!s || !kek_id || !fn)
-		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_epochs_by_kek: NULL argument");
+		return psc_err_set(err, PSC_E_INVALID_ARG,
+				   "kms_store_epochs_by_kek: NULL argument");
 	sqlite3_stmt *st;
 	psc_rc rc = st_get(s, ST_EPOCHS_BY_KEK, &st, err);
 	if (rc != PSC_OK)
@@ -1612,11 +1607,12 @@ psc_rc kms_store_epochs_by_kek(kms_store *s, const char *kek_id,
 	return rc;
 }
 
-psc_rc kms_store_highest_epoch(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN],
-			       uint64_t *out, psc_err *err)
+psc_rc kms_store_highest_epoch(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t *out,
+			       psc_err *err)
 {
 	if (!s || !psc_id || !out)
-		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_highest_epoch: NULL argument");
+		return psc_err_set(err, PSC_E_INVALID_ARG,
+				   "kms_store_highest_epoch: NULL argument");
 	struct psc_state ps;
 	psc_rc rc = psc_state(s, psc_id, &ps, err);
 	if (rc != PSC_OK)
@@ -1705,11 +1701,9 @@ psc_rc kms_store_counts_get(kms_store *s, kms_store_counts *out, psc_err *err)
 
 /* Tables and their primary key order; the digest format depends on this list. */
 static const char *const DIGEST_SQL[] = {
-	"SELECT * FROM peers ORDER BY node_id",
-	"SELECT * FROM pscs ORDER BY psc_id",
-	"SELECT * FROM members ORDER BY psc_id, node_id",
-	"SELECT * FROM epochs ORDER BY psc_id, epoch",
-	"SELECT * FROM epoch_hwm ORDER BY psc_id",
+    "SELECT * FROM peers ORDER BY node_id",	      "SELECT * FROM pscs ORDER BY psc_id",
+    "SELECT * FROM members ORDER BY psc_id, node_id", "SELECT * FROM epochs ORDER BY psc_id, epoch",
+    "SELECT * FROM epoch_hwm ORDER BY psc_id",
 };
 
 static void dg_u64(EVP_MD_CTX *md, uint64_t v)
@@ -1747,9 +1741,10 @@ psc_rc kms_store_digest(kms_store *s, uint8_t out[PSC_HASH_LEN], psc_err *err)
 				if (type == SQLITE_INTEGER) {
 					dg_u64(md, (uint64_t)sqlite3_column_int64(st, i));
 				} else if (type == SQLITE_BLOB || type == SQLITE_TEXT) {
-					const void *p = type == SQLITE_BLOB
-								? sqlite3_column_blob(st, i)
-								: (const void *)sqlite3_column_text(st, i);
+					const void *p =
+					    type == SQLITE_BLOB
+						? sqlite3_column_blob(st, i)
+						: (const void *)sqlite3_column_text(st, i);
 					int n = sqlite3_column_bytes(st, i);
 					dg_u64(md, (uint64_t)n);
 					if (n > 0)

@@ -97,8 +97,8 @@ typedef struct kms_peer {
 	size_t n_suites;
 	bool banned;
 	uint64_t first_seen_ms; /* first PEER_UPSERT */
-	uint64_t updated_ms;    /* last PEER_UPSERT */
-	uint64_t banned_ms;     /* last PEER_BAN (either way); 0 never */
+	uint64_t updated_ms;	/* last PEER_UPSERT */
+	uint64_t banned_ms;	/* last PEER_BAN (either way); 0 never */
 } kms_peer;
 
 typedef struct kms_label {
@@ -117,11 +117,11 @@ typedef struct kms_psc {
 	uint32_t refresh_s;
 	uint32_t max_members;
 	uint64_t created_ms;
-	uint64_t epoch;         /* current epoch; 0: none yet. On a tombstone: the last one */
+	uint64_t epoch;		/* current epoch; 0: none yet. On a tombstone: the last one */
 	uint64_t last_rekey_ms; /* now_ms of the last EPOCH_NEW; 0: none yet */
 	uint64_t highest_epoch; /* highest ever issued for this PSC id (>= epoch) */
 	uint32_t n_members;
-	bool destroyed;         /* tombstone: no members, no blobs */
+	bool destroyed; /* tombstone: no members, no blobs */
 	uint64_t destroyed_ms;
 } kms_psc;
 
@@ -185,22 +185,22 @@ psc_rc kms_store_pscs_of_node(kms_store *s, const uint8_t node_id[PSC_NODE_ID_LE
 			      psc_err *err) PSC_WUR;
 
 /* Current epoch and its blob. PSC_E_KMS_NO_EPOCH if none yet or destroyed. */
-psc_rc kms_store_epoch_current(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN],
-			       kms_epoch *out, psc_err *err) PSC_WUR;
+psc_rc kms_store_epoch_current(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], kms_epoch *out,
+			       psc_err *err) PSC_WUR;
 /*
  * The previous epoch while it is still in its grace period at now_ms
  * (now_ms < current.created_ms + current.prev_grace_ms). PSC_E_KMS_NO_EPOCH
  * otherwise (none, or grace over, or no grace after a removal).
  */
-psc_rc kms_store_epoch_previous(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN],
-				uint64_t now_ms, kms_epoch *out, psc_err *err) PSC_WUR;
+psc_rc kms_store_epoch_previous(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t now_ms,
+				kms_epoch *out, psc_err *err) PSC_WUR;
 /* Every stored blob wrapped under kek_id (KEK rotation), ordered by psc id, epoch. */
 psc_rc kms_store_epochs_by_kek(kms_store *s, const char *kek_id,
 			       int (*fn)(void *arg, const kms_epoch *e), void *arg,
 			       psc_err *err) PSC_WUR;
 /* Highest epoch ever issued (or floored) for a PSC id; 0 if never. */
-psc_rc kms_store_highest_epoch(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN],
-			       uint64_t *out, psc_err *err) PSC_WUR;
+psc_rc kms_store_highest_epoch(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t *out,
+			       psc_err *err) PSC_WUR;
 
 /*
  * Live PSCs whose timer rekey is due at now_ms: refresh_s > 0, an epoch exists
@@ -212,8 +212,7 @@ psc_rc kms_store_refresh_due(kms_store *s, uint64_t now_ms,
 			     void *arg, psc_err *err) PSC_WUR;
 /* Earliest due time of any timer rekey (to arm the event loop's timer);
  * *found = false if no PSC has one. */
-psc_rc kms_store_next_refresh(kms_store *s, uint64_t *due_ms, bool *found,
-			      psc_err *err) PSC_WUR;
+psc_rc kms_store_next_refresh(kms_store *s, uint64_t *due_ms, bool *found, psc_err *err) PSC_WUR;
 
 psc_rc kms_store_counts_get(kms_store *s, kms_store_counts *out, psc_err *err) PSC_WUR;
 

@@ -38,9 +38,15 @@ static kms_store *fixture(void)
 	psc_err e;
 	if (kms_store_open(&store, path, &e) != PSC_OK || kms_store_begin(store, &e) != PSC_OK)
 		abort();
-	kms_cmd cmds[] = {ks_peer(1, 10), ks_peer(2, 10), ks_create(1, "one", 1, 60, 3, 2, 20),
-			  ks_create(2, "two", 2, 0, 0, 0, 20), ks_add(1, 1, 30), ks_add(1, 2, 30),
-			  ks_epoch(1, 1, 0, 40), ks_epoch(1, 2, 1000, 50), ks_destroy(2, 60)};
+	kms_cmd cmds[] = {ks_peer(1, 10),
+			  ks_peer(2, 10),
+			  ks_create(1, "one", 1, 60, 3, 2, 20),
+			  ks_create(2, "two", 2, 0, 0, 0, 20),
+			  ks_add(1, 1, 30),
+			  ks_add(1, 2, 30),
+			  ks_epoch(1, 1, 0, 40),
+			  ks_epoch(1, 2, 1000, 50),
+			  ks_destroy(2, 60)};
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
 		if (kms_store_apply(store, &cmds[i], &e) != PSC_OK)
 			abort();

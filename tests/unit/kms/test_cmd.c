@@ -28,7 +28,8 @@ static bool cmd_eq(const kms_cmd *a, const kms_cmd *b)
 	switch (a->type) {
 	case KMS_CMD_PEER_UPSERT: {
 		const kms_cmd_peer_upsert *x = &a->peer_upsert, *y = &b->peer_upsert;
-		return memcmp(x->node_id, y->node_id, 16) == 0 && bytes_eq(x->cert_der, y->cert_der) &&
+		return memcmp(x->node_id, y->node_id, 16) == 0 &&
+		       bytes_eq(x->cert_der, y->cert_der) &&
 		       memcmp(x->cert_sha256, y->cert_sha256, 32) == 0 &&
 		       bytes_eq(x->subject, y->subject) && bytes_eq(x->endpoint, y->endpoint) &&
 		       bytes_eq(x->transport_key, y->transport_key) && x->wrap_alg == y->wrap_alg &&
@@ -142,8 +143,8 @@ static void roundtrip(const kms_cmd *c)
 		psc_err_clear(&e);
 		rc = kms_cmd_decode(p, cut, &d, &e);
 		if (rc == PSC_OK)
-			fail_msg("%s truncated to %zu of %zu bytes decoded", kms_cmd_type_name(c->type),
-				 cut, len);
+			fail_msg("%s truncated to %zu of %zu bytes decoded",
+				 kms_cmd_type_name(c->type), cut, len);
 		assert_true(e.detail[0] != '\0');
 		free(p);
 	}
@@ -443,11 +444,9 @@ int main(int argc, char **argv)
 	if (argc == 3 && strcmp(argv[1], "--write-corpus") == 0)
 		return write_corpus(argv[2]);
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_roundtrip_typical),
-		cmocka_unit_test(test_roundtrip_max),
-		cmocka_unit_test(test_version_and_type),
-		cmocka_unit_test(test_field_rules),
-		cmocka_unit_test(test_decode_patched),
+	    cmocka_unit_test(test_roundtrip_typical), cmocka_unit_test(test_roundtrip_max),
+	    cmocka_unit_test(test_version_and_type),  cmocka_unit_test(test_field_rules),
+	    cmocka_unit_test(test_decode_patched),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

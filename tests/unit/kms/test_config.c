@@ -27,8 +27,7 @@
 #define L_POLICY "policy_file: policy.yaml\n"
 #define L_AUDIT "audit: {dir: audit}\n"
 #define L_STATE "state_db: state.db\n"
-#define MINIMAL                                                                            \
-	L_ID L_OVERLAY L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE
+#define MINIMAL L_ID L_OVERLAY L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE
 
 static kms_config *parse_ok(const char *yaml)
 {
@@ -136,9 +135,10 @@ static void test_defaults_and_paths(void **state)
 	kms_config_free(&c);
 
 	/* listen may be ipc:// too; CURVE on with both key files. */
-	c = parse_ok(L_ID L_OVERLAY "listen: ipc:///run/psc-kms/peers.sock\n"
-				    "curve:\n  secret_key_file: c.key\n  public_key_file: c.pub\n" L_HSM
-					    L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE);
+	c = parse_ok(L_ID L_OVERLAY
+		     "listen: ipc:///run/psc-kms/peers.sock\n"
+		     "curve:\n  secret_key_file: c.key\n  public_key_file: c.pub\n" L_HSM L_ID_CERT
+			 L_TRUST L_POLICY L_AUDIT L_STATE);
 	assert_true(c->curve.enabled);
 	assert_string_equal(c->listen, "ipc:///run/psc-kms/peers.sock");
 	assert_string_equal(c->curve.public_key_file, "/etc/psc-kms/c.pub");
@@ -153,98 +153,100 @@ struct bad {
 #define LONG40 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 
 static const struct bad cases[] = {
-	{MINIMAL "colour: blue\n", "k.yaml:11:1: unknown key 'colour'"},
-	{L_ID L_OVERLAY L_LISTEN L_CURVE "hsm: {module: /m.so, token_label: t, pin_file: p, slot: 3}\n"
-	 L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
-	 "k.yaml:5:51: unknown key 'hsm.slot' in section 'hsm'"},
-	{L_ID L_OVERLAY L_LISTEN L_CURVE "hsm: {module: /m.so, token_label: t, pin: \"1234\"}\n"
-	 L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
-	 "k.yaml:5:38: unknown key 'hsm.pin': secrets are never written in kms.yaml; name a file "
-	 "(hsm.pin_file, curve.secret_key_file)"},
-	{MINIMAL "kms_id: k2\n", "k.yaml:11:1: duplicate key 'kms_id' (first at line 1, column 1)"},
-	{L_ID L_OVERLAY L_LISTEN L_CURVE "hsm: 3\n" L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
-	 "k.yaml:5:6: 'hsm' must be a mapping of keys, found a scalar"},
-	{L_ID L_OVERLAY L_LISTEN L_CURVE L_HSM L_ID_CERT "trust:\n" L_POLICY L_AUDIT L_STATE,
-	 "k.yaml:7:7: 'trust' must be a mapping of keys, found no value"},
-	{L_ID L_OVERLAY "listen: [tcp://a:1]\n" L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT
-		 L_STATE,
-	 "k.yaml:3:9: 'listen' must be a single value, found a sequence"},
-	{L_ID "overlay:\n" L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
-	 "k.yaml:2:9: 'overlay' has no value"},
-	{MINIMAL "limits: {sndhwm: \"5\"}\n",
-	 "k.yaml:11:18: 'limits.sndhwm' must be a whole number from 1 to 1000000, found '5'"},
-	{MINIMAL "limits: {sndhwm: 0}\n",
-	 "k.yaml:11:18: 'limits.sndhwm' must be a whole number from 1 to 1000000, found '0'"},
-	{MINIMAL "limits: {rcvhwm: 1000001}\n",
-	 "k.yaml:11:18: 'limits.rcvhwm' must be a whole number from 1 to 1000000, found '1000001'"},
-	{MINIMAL "timers: {query_timeout_ms: -1}\n",
-	 "k.yaml:11:28: 'timers.query_timeout_ms' must be a whole number from 100 to 600000, found "
-	 "'-1'"},
-	{MINIMAL "audit2: 1\n", "k.yaml:11:1: unknown key 'audit2'"},
-	{L_ID L_OVERLAY L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY
-	 "audit: {dir: a, segment_bytes: 99999999999999999999999}\n" L_STATE,
-	 "k.yaml:9:32: 'audit.segment_bytes' must be a whole number from 65536 to 1099511627776, "
-	 "found '99999999999999999999999'"},
-	{L_ID L_OVERLAY L_LISTEN L_CURVE "hsm: {module: /m.so, token_label: t, pin_file: p, "
-					 "workers: 1.5}\n" L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
-	 "k.yaml:5:60: 'hsm.workers' must be a whole number from 1 to 64, found '1.5'"},
-	{L_ID L_OVERLAY L_LISTEN "curve: {enabled: yes}\n" L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT
-		 L_STATE,
-	 "k.yaml:4:18: 'curve.enabled' must be true or false, found 'yes'"},
-	{L_ID L_OVERLAY L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT,
-	 "k.yaml:1:1: missing required key 'state_db'"},
-	{L_ID L_OVERLAY L_LISTEN L_CURVE "hsm: {module: /m.so, token_label: t}\n" L_ID_CERT L_TRUST
-		 L_POLICY L_AUDIT L_STATE,
-	 "k.yaml:5:1: missing required key 'hsm.pin_file'"},
-	{L_ID L_OVERLAY L_LISTEN L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
-	 "k.yaml:1:1: missing required key 'curve.secret_key_file' (CURVE is enabled; set "
-	 "curve.enabled: false only for a test on loopback)"},
-	{L_ID L_OVERLAY L_LISTEN "curve: {public_key_file: p}\n" L_HSM L_ID_CERT L_TRUST L_POLICY
-		 L_AUDIT L_STATE,
-	 "k.yaml:4:1: missing required key 'curve.secret_key_file' (CURVE is enabled; set "
-	 "curve.enabled: false only for a test on loopback)"},
-	{L_ID "overlay: &o psc.test\n" L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT
-		 L_STATE,
-	 "k.yaml:2:10: anchors (&name) are not allowed in kms.yaml; write the value out"},
-	{L_ID "overlay: *o\n" L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
-	 "k.yaml:2:10: aliases (*name) are not allowed in kms.yaml"},
-	{"kms_id: !!str k1\n" L_OVERLAY L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT
-		 L_STATE,
-	 "k.yaml:1:9: tags (!name) are not allowed in kms.yaml"},
-	{MINIMAL "---\nkms_id: k2\n",
-	 "k.yaml:11:1: a second YAML document; kms.yaml holds exactly one"},
-	{L_ID "  overlay: x\n", "k.yaml:2:10: YAML syntax error: mapping values are not allowed in "
-				"this context"},
-	{"hsm: {module: x\n",
-	 "k.yaml:2:1: YAML syntax error: did not find expected ',' or '}' while parsing a flow "
-	 "mapping"},
-	{"", "k.yaml:1:1: the file is empty"},
-	{"# only a comment\n", "k.yaml:1:1: the file is empty"},
-	{"- kms_id: k1\n",
-	 "k.yaml:1:1: the file must be a mapping of keys (kms_id: ..., listen: ...), found a "
-	 "sequence"},
-	{"? {a: 1}\n: 2\n", "k.yaml:1:3: a key must be a plain name, found a mapping"},
-	{"kms_id: k 1\n",
-	 "k.yaml:1:9: 'kms_id' must be 1 to 64 characters from A-Z a-z 0-9 . _ -, found 'k 1'"},
-	{L_ID L_OVERLAY "listen: udp://1.2.3.4:5\n",
-	 "k.yaml:3:9: 'listen' must be a ZeroMQ endpoint tcp://host:port or ipc://path, found "
-	 "'udp://1.2.3.4:5'"},
-	{L_ID L_OVERLAY "listen: tcp://127.0.0.1\n",
-	 "k.yaml:3:9: 'listen' needs a host and a port 1..65535, as in tcp://127.0.0.1:7400; "
-	 "found 'tcp://127.0.0.1'"},
-	{L_ID L_OVERLAY "listen: tcp://:7400\n",
-	 "k.yaml:3:9: 'listen' needs a host and a port 1..65535, as in tcp://127.0.0.1:7400; "
-	 "found 'tcp://:7400'"},
-	{L_ID L_OVERLAY "listen: tcp://h:70000\n",
-	 "k.yaml:3:9: 'listen' needs a host and a port 1..65535, as in tcp://127.0.0.1:7400; "
-	 "found 'tcp://h:70000'"},
-	{"admin_socket: tcp://127.0.0.1:9\n",
-	 "k.yaml:1:15: 'admin_socket' must be ipc://path, found 'tcp://127.0.0.1:9'"},
-	{"admin_socket: ipc://" LONG40 LONG40 LONG40 "\n",
-	 "k.yaml:1:15: 'admin_socket': the socket path is longer than 107 bytes once resolved, "
-	 "which Unix sockets cannot hold; use a shorter absolute path"},
-	{"hsm: {token_label: " LONG40 "}\n",
-	 "k.yaml:1:20: 'hsm.token_label' is longer than a PKCS#11 token label (32 bytes)"},
+    {MINIMAL "colour: blue\n", "k.yaml:11:1: unknown key 'colour'"},
+    {L_ID L_OVERLAY L_LISTEN L_CURVE
+     "hsm: {module: /m.so, token_label: t, pin_file: p, slot: 3}\n" L_ID_CERT L_TRUST L_POLICY
+	 L_AUDIT L_STATE,
+     "k.yaml:5:51: unknown key 'hsm.slot' in section 'hsm'"},
+    {L_ID L_OVERLAY L_LISTEN L_CURVE
+     "hsm: {module: /m.so, token_label: t, pin: \"1234\"}\n" L_ID_CERT L_TRUST L_POLICY L_AUDIT
+	 L_STATE,
+     "k.yaml:5:38: unknown key 'hsm.pin': secrets are never written in kms.yaml; name a file "
+     "(hsm.pin_file, curve.secret_key_file)"},
+    {MINIMAL "kms_id: k2\n", "k.yaml:11:1: duplicate key 'kms_id' (first at line 1, column 1)"},
+    {L_ID L_OVERLAY L_LISTEN L_CURVE "hsm: 3\n" L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
+     "k.yaml:5:6: 'hsm' must be a mapping of keys, found a scalar"},
+    {L_ID L_OVERLAY L_LISTEN L_CURVE L_HSM L_ID_CERT "trust:\n" L_POLICY L_AUDIT L_STATE,
+     "k.yaml:7:7: 'trust' must be a mapping of keys, found no value"},
+    {L_ID L_OVERLAY
+     "listen: [tcp://a:1]\n" L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
+     "k.yaml:3:9: 'listen' must be a single value, found a sequence"},
+    {L_ID "overlay:\n" L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
+     "k.yaml:2:9: 'overlay' has no value"},
+    {MINIMAL "limits: {sndhwm: \"5\"}\n",
+     "k.yaml:11:18: 'limits.sndhwm' must be a whole number from 1 to 1000000, found '5'"},
+    {MINIMAL "limits: {sndhwm: 0}\n",
+     "k.yaml:11:18: 'limits.sndhwm' must be a whole number from 1 to 1000000, found '0'"},
+    {MINIMAL "limits: {rcvhwm: 1000001}\n",
+     "k.yaml:11:18: 'limits.rcvhwm' must be a whole number from 1 to 1000000, found '1000001'"},
+    {MINIMAL "timers: {query_timeout_ms: -1}\n",
+     "k.yaml:11:28: 'timers.query_timeout_ms' must be a whole number from 100 to 600000, found "
+     "'-1'"},
+    {MINIMAL "audit2: 1\n", "k.yaml:11:1: unknown key 'audit2'"},
+    {L_ID L_OVERLAY L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY
+     "audit: {dir: a, segment_bytes: 99999999999999999999999}\n" L_STATE,
+     "k.yaml:9:32: 'audit.segment_bytes' must be a whole number from 65536 to 1099511627776, "
+     "found '99999999999999999999999'"},
+    {L_ID L_OVERLAY L_LISTEN L_CURVE "hsm: {module: /m.so, token_label: t, pin_file: p, "
+				     "workers: 1.5}\n" L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
+     "k.yaml:5:60: 'hsm.workers' must be a whole number from 1 to 64, found '1.5'"},
+    {L_ID L_OVERLAY L_LISTEN
+     "curve: {enabled: yes}\n" L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
+     "k.yaml:4:18: 'curve.enabled' must be true or false, found 'yes'"},
+    {L_ID L_OVERLAY L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT,
+     "k.yaml:1:1: missing required key 'state_db'"},
+    {L_ID L_OVERLAY L_LISTEN L_CURVE
+     "hsm: {module: /m.so, token_label: t}\n" L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
+     "k.yaml:5:1: missing required key 'hsm.pin_file'"},
+    {L_ID L_OVERLAY L_LISTEN L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
+     "k.yaml:1:1: missing required key 'curve.secret_key_file' (CURVE is enabled; set "
+     "curve.enabled: false only for a test on loopback)"},
+    {L_ID L_OVERLAY L_LISTEN
+     "curve: {public_key_file: p}\n" L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
+     "k.yaml:4:1: missing required key 'curve.secret_key_file' (CURVE is enabled; set "
+     "curve.enabled: false only for a test on loopback)"},
+    {L_ID
+     "overlay: &o psc.test\n" L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
+     "k.yaml:2:10: anchors (&name) are not allowed in kms.yaml; write the value out"},
+    {L_ID "overlay: *o\n" L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT L_STATE,
+     "k.yaml:2:10: aliases (*name) are not allowed in kms.yaml"},
+    {"kms_id: !!str k1\n" L_OVERLAY L_LISTEN L_CURVE L_HSM L_ID_CERT L_TRUST L_POLICY L_AUDIT
+	 L_STATE,
+     "k.yaml:1:9: tags (!name) are not allowed in kms.yaml"},
+    {MINIMAL "---\nkms_id: k2\n",
+     "k.yaml:11:1: a second YAML document; kms.yaml holds exactly one"},
+    {L_ID "  overlay: x\n", "k.yaml:2:10: YAML syntax error: mapping values are not allowed in "
+			    "this context"},
+    {"hsm: {module: x\n",
+     "k.yaml:2:1: YAML syntax error: did not find expected ',' or '}' while parsing a flow "
+     "mapping"},
+    {"", "k.yaml:1:1: the file is empty"},
+    {"# only a comment\n", "k.yaml:1:1: the file is empty"},
+    {"- kms_id: k1\n",
+     "k.yaml:1:1: the file must be a mapping of keys (kms_id: ..., listen: ...), found a "
+     "sequence"},
+    {"? {a: 1}\n: 2\n", "k.yaml:1:3: a key must be a plain name, found a mapping"},
+    {"kms_id: k 1\n",
+     "k.yaml:1:9: 'kms_id' must be 1 to 64 characters from A-Z a-z 0-9 . _ -, found 'k 1'"},
+    {L_ID L_OVERLAY "listen: udp://1.2.3.4:5\n",
+     "k.yaml:3:9: 'listen' must be a ZeroMQ endpoint tcp://host:port or ipc://path, found "
+     "'udp://1.2.3.4:5'"},
+    {L_ID L_OVERLAY "listen: tcp://127.0.0.1\n",
+     "k.yaml:3:9: 'listen' needs a host and a port 1..65535, as in tcp://127.0.0.1:7400; "
+     "found 'tcp://127.0.0.1'"},
+    {L_ID L_OVERLAY "listen: tcp://:7400\n",
+     "k.yaml:3:9: 'listen' needs a host and a port 1..65535, as in tcp://127.0.0.1:7400; "
+     "found 'tcp://:7400'"},
+    {L_ID L_OVERLAY "listen: tcp://h:70000\n",
+     "k.yaml:3:9: 'listen' needs a host and a port 1..65535, as in tcp://127.0.0.1:7400; "
+     "found 'tcp://h:70000'"},
+    {"admin_socket: tcp://127.0.0.1:9\n",
+     "k.yaml:1:15: 'admin_socket' must be ipc://path, found 'tcp://127.0.0.1:9'"},
+    {"admin_socket: ipc://" LONG40 LONG40 LONG40 "\n",
+     "k.yaml:1:15: 'admin_socket': the socket path is longer than 107 bytes once resolved, "
+     "which Unix sockets cannot hold; use a shorter absolute path"},
+    {"hsm: {token_label: " LONG40 "}\n",
+     "k.yaml:1:20: 'hsm.token_label' is longer than a PKCS#11 token label (32 bytes)"},
 };
 
 static void test_rejections(void **state)
@@ -412,11 +414,9 @@ static void test_secret_files(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_example_loads),
-		cmocka_unit_test(test_defaults_and_paths),
-		cmocka_unit_test(test_rejections),
-		cmocka_unit_test(test_file_errors),
-		cmocka_unit_test(test_secret_files),
+	    cmocka_unit_test(test_example_loads), cmocka_unit_test(test_defaults_and_paths),
+	    cmocka_unit_test(test_rejections),	  cmocka_unit_test(test_file_errors),
+	    cmocka_unit_test(test_secret_files),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -583,7 +583,8 @@ static void test_destroy_and_recreate(void **state)
 	assert_int_equal(p->epoch, 0);
 	assert_int_equal(p->highest_epoch, 7);
 	assert_int_equal(p->n_labels, 0);
-	rejected(s, ks_epoch(1, 1, 0, 1300), PSC_E_KMS_EPOCH_NOT_INCREASING, "highest ever issued 7");
+	rejected(s, ks_epoch(1, 1, 0, 1300), PSC_E_KMS_EPOCH_NOT_INCREASING,
+		 "highest ever issued 7");
 	rejected(s, ks_epoch(1, 7, 0, 1300), PSC_E_KMS_EPOCH_NOT_INCREASING, NULL);
 	ok(s, ks_epoch(1, 8, 0, 1300));
 	assert_int_equal(highest(s, 1), 8);
@@ -806,17 +807,17 @@ static char *dump_tables(const char *path)
 	sqlite3 *db = NULL;
 	assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
 	static const char *const q[] = {
-		"SELECT 'peers', quote(node_id), quote(cert_der), quote(cert_sha256), subject, "
-		"endpoint, quote(transport_key), wrap_alg, quote(suites), banned, first_seen_ms, "
-		"updated_ms, banned_ms FROM peers ORDER BY node_id",
-		"SELECT 'pscs', quote(psc_id), name, quote(owner), quote(labels), flags, suite, "
-		"refresh_s, max_members, created_ms, epoch, last_rekey_ms, quote(due_ms), destroyed, "
-		"destroyed_ms FROM pscs ORDER BY psc_id",
-		"SELECT 'members', quote(psc_id), quote(node_id), added_ms, acked_epoch FROM members "
-		"ORDER BY psc_id, node_id",
-		"SELECT 'epochs', quote(psc_id), epoch, kek_id, quote(wrapped), created_ms, "
-		"prev_grace_ms FROM epochs ORDER BY psc_id, epoch",
-		"SELECT 'hwm', quote(psc_id), epoch FROM epoch_hwm ORDER BY psc_id",
+	    "SELECT 'peers', quote(node_id), quote(cert_der), quote(cert_sha256), subject, "
+	    "endpoint, quote(transport_key), wrap_alg, quote(suites), banned, first_seen_ms, "
+	    "updated_ms, banned_ms FROM peers ORDER BY node_id",
+	    "SELECT 'pscs', quote(psc_id), name, quote(owner), quote(labels), flags, suite, "
+	    "refresh_s, max_members, created_ms, epoch, last_rekey_ms, quote(due_ms), destroyed, "
+	    "destroyed_ms FROM pscs ORDER BY psc_id",
+	    "SELECT 'members', quote(psc_id), quote(node_id), added_ms, acked_epoch FROM members "
+	    "ORDER BY psc_id, node_id",
+	    "SELECT 'epochs', quote(psc_id), epoch, kek_id, quote(wrapped), created_ms, "
+	    "prev_grace_ms FROM epochs ORDER BY psc_id, epoch",
+	    "SELECT 'hwm', quote(psc_id), epoch FROM epoch_hwm ORDER BY psc_id",
 	};
 	size_t cap = 1 << 20, len = 0;
 	char *out = calloc(1, cap);
@@ -826,7 +827,8 @@ static char *dump_tables(const char *path)
 		while (sqlite3_step(st) == SQLITE_ROW) {
 			for (int c = 0; c < sqlite3_column_count(st); c++) {
 				const char *t = (const char *)sqlite3_column_text(st, c);
-				len += (size_t)snprintf(out + len, cap - len, "%s|", t ? t : "NULL");
+				len +=
+				    (size_t)snprintf(out + len, cap - len, "%s|", t ? t : "NULL");
 				assert_true(len < cap);
 			}
 			out[len++] = '\n';
@@ -1116,20 +1118,20 @@ static void test_second_process_locked_out(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_peers, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_psc_create_and_lookup, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_members, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_epochs, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_acks, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_destroy_and_recreate, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_refresh_due, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_determinism, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_reopen_keeps_everything, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bad_files, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_second_process_locked_out, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_disk_full, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_peers, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_psc_create_and_lookup, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_members, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_epochs, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_acks, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_destroy_and_recreate, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_refresh_due, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_transactions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_determinism, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reopen_keeps_everything, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_newer_schema_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_bad_files, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_second_process_locked_out, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_disk_full, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
