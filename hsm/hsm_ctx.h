@@ -36,7 +36,9 @@
  * until the retry interval has passed. After a recovery every worker session is
  * reopened lazily by its own worker; session objects (epoch secret handles,
  * ephemeral keys) made before the fault are gone and report PSC_E_HSM_STALE_KEY:
- * reload epoch secrets from their blobs.
+ * reload epoch secrets from their blobs. A PIN the token refused is never sent
+ * again (tokens lock the PIN after a few tries): recovery then fails with
+ * PSC_E_HSM_PIN until the process restarts with the right PIN.
  */
 #ifndef HSM_CTX_H
 #define HSM_CTX_H

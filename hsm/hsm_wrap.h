@@ -34,7 +34,8 @@ psc_rc hsm_eph_new(hsm_session *s, hsm_eph **out, psc_err *err) PSC_WUR;
  */
 psc_rc hsm_eph_import(hsm_session *s, const uint8_t priv[32], hsm_eph **out,
 		      psc_err *err) PSC_WUR;
-/* Destroys the HSM key pair (on the owning session) and frees; NULL-safe. */
+/* Destroys the HSM key pair and frees; NULL-safe. Call it from the worker that
+ * owns the session it was made on (it uses that session). */
 void hsm_eph_free(hsm_eph **eph);
 /* The uncompressed public point (PROTO_KEYWRAP_EC_POINT_LEN bytes), borrowed. */
 const uint8_t *hsm_eph_public(const hsm_eph *eph);

@@ -203,7 +203,9 @@ static void device_removed_fails_fast_and_comes_back(void **state)
 				 PSC_E_HSM_DOWN);
 		assert_true(th_has(err.detail, "next reconnection try"));
 	}
-	assert_true(ms_since(&t0) < 50.0); /* 100 calls, no token round trips */
+	/* "next reconnection try" comes only from the branch that returns before
+	 * any PKCS#11 call; the time bound is loose for loaded CI machines. */
+	assert_true(ms_since(&t0) < 500.0);
 	assert_false(hsm_healthy(f->e.ctx));
 	/* Signing keys are refused while down, rather than hanging in libp11. */
 	EVP_PKEY *idk = NULL;
