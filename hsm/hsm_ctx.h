@@ -100,7 +100,8 @@ psc_rc hsm_session_get(hsm_ctx *ctx, unsigned i, hsm_session **out, psc_err *err
 /*
  * The KMS identity / audit private key as an EVP_PKEY (libp11), usable with
  * EVP_DigestSign (ECDSA signatures come out DER-encoded, as OpenSSL makes them).
- * *out gets a new reference: EVP_PKEY_free it. PSC_E_HSM_NO_KEY with "run
+ * *out gets a new reference: EVP_PKEY_free it, before hsm_ctx_free (the key
+ * points into libp11's state, which hsm_ctx_free unloads). PSC_E_HSM_NO_KEY with "run
  * psc-kmsctl init" if the ceremony has not run; PSC_E_HSM_DOWN while down.
  * After a recovery the token may have renumbered its objects: keys fetched
  * before the fault can fail to sign, so fetch them again whenever a signature
