@@ -9,12 +9,15 @@
  */
 #include "kms_store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "proto_buf.h"
 
@@ -1767,4 +1770,71 @@ psc_rc kms_store_digest(kms_store *s, uint8_t out[PSC_HASH_LEN], psc_err *err)
 		rc = psc_err_set(err, PSC_E_CRYPTO, "state digest: SHA-256 failed");
 	EVP_MD_CTX_free(md);
 	return rc;
+}
+
+psc_rc kms_store_backup(kms_store *s, const char *dest_path, psc_err *err)
+{
+	if (!s || !dest_path || !*dest_path)
+		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_backup: NULL argument");
+	if (s->in_txn)
+		return psc_err_set(err, PSC_E_KMS_TXN,
+				   "state database %s: backup requested inside a batch", s->path);
+	/* O_EXCL: never overwrite an earlier backup or some other file. */
+	int fd = open(dest_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return psc_err_set(err, PSC_E_KMS_DB_OPEN, "state backup %s: cannot create: %s",
+				   dest_path, strerror(errno));
+	close(fd);
+	sqlite3 *dst = NULL;
+	int rc =
+	    sqlite3_open_v2(dest_path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+	sqlite3_backup *b =
+	    rc == SQLITE_OK ? sqlite3_backup_init(dst, "main", s->db, "main") : NULL;
+	if (b) {
+		rc = sqlite3_backup_step(b, -1);
+		int fin = sqlite3_backup_finish(b);
+		if (rc == SQLITE_DONE)
+			rc = fin;
+	} else if (rc == SQLITE_OK) {
+		rc = sqlite3_errcode(dst);
+	}
+	/* The copy is a WAL database like the original; fold its WAL into the
+	 * file so the backup is one self-contained file. */
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(dst, "PRAGMA synchronous = FULL; PRAGMA wal_checkpoint(TRUNCATE)",
+				  NULL, NULL, NULL);
+	psc_rc r = PSC_OK;
+	if (rc != SQLITE_OK) {
+		psc_rc code = map_sqlite(rc);
+		r = psc_err_set(err, code, "state backup %s (from %s): %s: %s", dest_path, s->path,
+				dst ? sqlite3_errmsg(dst) : sqlite3_errstr(rc), hint(code));
+	}
+	if (sqlite3_close(dst) != SQLITE_OK && r == PSC_OK)
+		r = psc_err_set(err, PSC_E_KMS_DB_IO, "state backup %s: closing failed", dest_path);
+	/* SQLite syncs the data it wrote; the directory entry needs its own sync. */
+	if (r == PSC_OK) {
+		char dir[4096];
+		const char *slash = strrchr(dest_path, '/');
+		if (!slash)
+			snprintf(dir, sizeof(dir), ".");
+		else if (slash == dest_path)
+			snprintf(dir, sizeof(dir), "/");
+		else
+			snprintf(dir, sizeof(dir), "%.*s", (int)(slash - dest_path), dest_path);
+		int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (dfd < 0 || fsync(dfd) != 0)
+			r = psc_err_set(err, PSC_E_KMS_DB_IO, "state backup %s: syncing %s: %s",
+					dest_path, dir, strerror(errno));
+		if (dfd >= 0)
+			close(dfd);
+	}
+	if (r != PSC_OK) {
+		unlink(dest_path);
+		char side[4200];
+		snprintf(side, sizeof(side), "%s-wal", dest_path);
+		unlink(side);
+		snprintf(side, sizeof(side), "%s-shm", dest_path);
+		unlink(side);
+	}
+	return r;
 }

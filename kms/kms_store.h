@@ -217,6 +217,15 @@ psc_rc kms_store_next_refresh(kms_store *s, uint64_t *due_ms, bool *found, psc_e
 psc_rc kms_store_counts_get(kms_store *s, kms_store_counts *out, psc_err *err) PSC_WUR;
 
 /*
+ * Writes a consistent copy of the committed state to dest_path (psc-kmsctl
+ * backup). The daemon holds the database exclusively, so backups go through
+ * the store's own connection. dest_path must not exist; it is created 0600,
+ * written with SQLite's backup API and synced. Not inside a batch
+ * (PSC_E_KMS_TXN): a backup never contains half a batch.
+ */
+psc_rc kms_store_backup(kms_store *s, const char *dest_path, psc_err *err) PSC_WUR;
+
+/*
  * SHA-256 over a canonical listing of every data table (peers, pscs, members,
  * epochs, epoch_hwm; not meta, whose audit seq is per node), rows in primary
  * key order, each value tagged with its type and length. Two stores that
