@@ -138,6 +138,8 @@ psc_rc hsm_epoch_load(hsm_session *s, const uint8_t *blob, size_t blob_len, hsm_
 	CK_RV rv = ctx->f->C_UnwrapKey(s->h, &mech, kek, (CK_BYTE_PTR)(blob + 1 + HSM_KEK_ID_LEN),
 				       HSM_EPOCH_BLOB_LEN - 1 - HSM_KEK_ID_LEN, tmpl,
 				       sizeof(tmpl) / sizeof(tmpl[0]), &h);
+	/* SoftHSM 2.6 answers a failed RFC 5649 integrity check with
+	 * CKR_GENERAL_ERROR; other tokens use the WRAPPED_KEY/ENCRYPTED_DATA codes. */
 	if (rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
 	    rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_DATA_INVALID ||
 	    rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_GENERAL_ERROR)
