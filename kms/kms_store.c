@@ -1173,6 +1173,13 @@ psc_rc kms_store_apply(kms_store *s, const kms_cmd *cmd, psc_err *err)
 				   "state database %s: %s applied outside a batch (call "
 				   "kms_store_begin first)",
 				   s->path, kms_cmd_type_name(cmd->type));
+	/* After some I/O errors SQLite rolls the whole transaction back by itself;
+	 * a SAVEPOINT would then silently start a new one outside the batch. */
+	if (sqlite3_get_autocommit(s->db))
+		return psc_err_set(err, PSC_E_KMS_DB,
+				   "state database %s: the batch was already rolled back after an "
+				   "earlier error; roll it back and start again",
+				   s->path);
 	psc_rc rc = kms_cmd_validate(cmd, err);
 	if (rc != PSC_OK)
 		return rc;
