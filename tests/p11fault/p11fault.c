@@ -11,6 +11,7 @@
  *                        every open session becomes invalid
  *                        (really closed underneath, so the login is lost as after
  *                        a token reset); later calls on it: CKR_SESSION_HANDLE_INVALID
+ *     maxsessions <n>    C_GetTokenInfo reports ulMaxSessionCount = n
  *     absent [CKR_NAME]  the token is gone: no token in C_GetSlotList(TRUE),
  *                        C_OpenSession/C_GetTokenInfo/C_Login... return
  *                        CKR_TOKEN_NOT_PRESENT, calls on sessions return the given
@@ -61,6 +62,7 @@ static struct {
 	long invalidate;
 	bool absent;
 	CK_RV absent_rv;
+	long max_sessions; /* 0 = report the real value */
 } pf;
 
 static struct {
@@ -117,6 +119,7 @@ static void reload_locked(void)
 	pf.nrules = 0;
 	bool absent = false;
 	CK_RV absent_rv = CKR_DEVICE_REMOVED;
+	pf.max_sessions = 0;
 	FILE *f = path ? fopen(path, "r") : NULL;
 	char line[256];
 	while (f && fgets(line, sizeof(line), f)) {
@@ -132,6 +135,8 @@ static void reload_locked(void)
 			if (v != pf.invalidate)
 				kill_sessions_locked();
 			pf.invalidate = v;
+		} else if (n >= 2 && strcmp(a, "maxsessions") == 0) {
+			pf.max_sessions = strtol(b, NULL, 0);
 		} else if (n >= 1 && strcmp(a, "absent") == 0) {
 			absent = true;
 			if (n >= 2 && !parse_rv(b, &absent_rv))
@@ -221,7 +226,14 @@ static CK_RV w_C_GetSlotInfo(CK_SLOT_ID slot, CK_SLOT_INFO *info)
 static CK_RV w_C_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO *info)
 {
 	CK_RV f = pf_check("C_GetTokenInfo", PF_SLOT, slot);
-	return f != CKR_OK ? f : pf_real->C_GetTokenInfo(slot, info);
+	if (f != CKR_OK)
+		return f;
+	CK_RV rv = pf_real->C_GetTokenInfo(slot, info);
+	pthread_mutex_lock(&pf_lock);
+	if (rv == CKR_OK && pf.max_sessions > 0)
+		info->ulMaxSessionCount = (CK_ULONG)pf.max_sessions;
+	pthread_mutex_unlock(&pf_lock);
+	return rv;
 }
 
 static CK_RV w_C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, void *app, CK_NOTIFY notify,

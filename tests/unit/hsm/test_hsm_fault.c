@@ -451,6 +451,41 @@ static void failed_ceremony_leaves_nothing_behind(void **state)
 	pt_rm_rf(dir);
 }
 
+static void sessions_are_sized_by_the_token(void **state)
+{
+	(void)state;
+	char dir[4096], ctl[4200];
+	assert_int_equal(pt_tmpdir(dir, "p11fault"), 0);
+	snprintf(ctl, sizeof(ctl), "%s/ctl", dir);
+	setenv("P11FAULT_CTL", ctl, 1);
+	FILE *fp = fopen(ctl, "w");
+	assert_non_null(fp);
+	fputs("maxsessions 5\n", fp);
+	fclose(fp);
+	pt_token *tok = NULL;
+	assert_int_equal(pt_token_new(&tok, "psc"), 0);
+	hsm_config c = {.module_path = P11FAULT_PATH, .token_label = "psc", .pin = tok->pin,
+			.sessions = 8, .allow_no_kek = true};
+	hsm_ctx *ctx = NULL;
+	psc_err err = {0};
+	assert_int_equal(hsm_ctx_new(&ctx, &c, &err), PSC_OK);
+	/* 5 minus one control session minus one for libp11 */
+	assert_int_equal(hsm_ctx_sessions(ctx), 3);
+	hsm_session *s;
+	assert_int_equal(hsm_session_get(ctx, 2, &s, &err), PSC_OK);
+	assert_int_equal(hsm_session_get(ctx, 3, &s, &err), PSC_E_INVALID_ARG);
+	hsm_ctx_free(&ctx);
+	fp = fopen(ctl, "w");
+	fputs("maxsessions 2\n", fp);
+	fclose(fp);
+	assert_int_equal(hsm_ctx_new(&ctx, &c, &err), PSC_E_HSM_P11);
+	assert_true(th_has(err.detail, "allows only 2 sessions"));
+	fp = fopen(ctl, "w");
+	fclose(fp);
+	pt_token_free(&tok);
+	pt_rm_rf(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -464,6 +499,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(workers_ride_through_faults, setup, teardown),
 		cmocka_unit_test_setup_teardown(a_rejected_pin_is_never_retried, setup, teardown),
 		cmocka_unit_test(failed_ceremony_leaves_nothing_behind),
+		cmocka_unit_test(sessions_are_sized_by_the_token),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
