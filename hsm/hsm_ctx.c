@@ -61,10 +61,29 @@ psc_rc hsm_p11_fail(hsm_ctx *ctx, CK_RV rv, const char *fn, psc_rc rc, const cha
 			   hint ? hint : "see the token's documentation");
 }
 
+bool hsm_s_alive(hsm_session *s)
+{
+	hsm_ctx *ctx = s->ctx;
+	if (!s->open || s->gen != atomic_load(&ctx->gen))
+		return false;
+	CK_SESSION_INFO si;
+	CK_RV rv = ctx->f->C_GetSessionInfo(s->h, &si);
+	if (hsm_rv_transient(rv))
+		mark_down(ctx);
+	return rv == CKR_OK;
+}
+
 psc_rc hsm_s_fail(hsm_session *s, CK_RV rv, const char *fn, psc_rc rc, const char *hint,
 		  psc_err *err)
 {
 	hsm_ctx *ctx = s->ctx;
+	/* This session predates the last recovery: the fault was already seen and
+	 * handled; marking the HSM down again would reset every fresh session. */
+	if (s->gen != atomic_load(&ctx->gen))
+		return psc_err_set(err, PSC_E_HSM_DOWN,
+				   "%s failed on token '%s': %s (0x%lx) while the HSM "
+				   "sessions were being reset after a fault: retry",
+				   fn, ctx->label, hsm_ckr_name(rv), (unsigned long)rv);
 	if (!hsm_rv_transient(rv)) {
 		CK_SESSION_INFO si;
 		CK_RV srv = ctx->f->C_GetSessionInfo(s->h, &si);
@@ -77,11 +96,6 @@ psc_rc hsm_s_fail(hsm_session *s, CK_RV rv, const char *fn, psc_rc rc, const cha
 					   fn, ctx->label, ctx->module, hsm_ckr_name(rv),
 					   (unsigned long)rv, hsm_ckr_name(srv));
 		}
-		if (s->gen != atomic_load(&ctx->gen))
-			return psc_err_set(err, PSC_E_HSM_DOWN,
-					   "%s failed on token '%s': %s (0x%lx) while the HSM "
-					   "sessions were being reset after a fault: retry",
-					   fn, ctx->label, hsm_ckr_name(rv), (unsigned long)rv);
 	}
 	return hsm_p11_fail(ctx, rv, fn, rc, hint, err);
 }

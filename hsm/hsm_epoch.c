@@ -139,10 +139,13 @@ psc_rc hsm_epoch_load(hsm_session *s, const uint8_t *blob, size_t blob_len, hsm_
 				       HSM_EPOCH_BLOB_LEN - 1 - HSM_KEK_ID_LEN, tmpl,
 				       sizeof(tmpl) / sizeof(tmpl[0]), &h);
 	/* SoftHSM 2.6 answers a failed RFC 5649 integrity check with
-	 * CKR_GENERAL_ERROR; other tokens use the WRAPPED_KEY/ENCRYPTED_DATA codes. */
-	if (rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
-	    rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_DATA_INVALID ||
-	    rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_GENERAL_ERROR)
+	 * CKR_GENERAL_ERROR; other tokens use the WRAPPED_KEY/ENCRYPTED_DATA codes.
+	 * A call cut short by a fault can give the same codes, so the blob is
+	 * only called bad if the session is still alive. */
+	if ((rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
+	     rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_DATA_INVALID ||
+	     rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_GENERAL_ERROR) &&
+	    hsm_s_alive(s))
 		return psc_err_set(err, PSC_E_HSM_UNWRAP,
 				   "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD) on token '%s' rejected the "
 				   "epoch-secret blob: %s: the blob is corrupt or was made by "

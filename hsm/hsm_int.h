@@ -78,6 +78,10 @@ bool hsm_rv_transient(CK_RV rv);
 psc_rc hsm_s_fail(hsm_session *s, CK_RV rv, const char *fn, psc_rc rc, const char *hint,
 		  psc_err *err);
 
+/* True if s is current and the token still knows it (one C_GetSessionInfo);
+ * a dead session marks the HSM down. */
+bool hsm_s_alive(hsm_session *s);
+
 /* Makes s usable: recovers the HSM if needed (or fails fast) and reopens s after
  * a recovery. Every operation on a session starts with it. */
 psc_rc hsm_session_enter(hsm_session *s, psc_err *err) PSC_WUR;
