@@ -29,8 +29,9 @@ for n in order:
     kind = "PF_SESSION" if sess else ("PF_SLOT" if slot else "PF_GLOBAL")
     first = names[0] if (sess or slot) else "0"
     out.append("static CK_RV w_%s(%s)\n{\n\tCK_RV f_ = pf_check(\"%s\", %s, %s);\n"
-               "\tif (f_ != CKR_OK)\n\t\treturn f_;\n\treturn pf_real->%s(%s);\n}\n"
-               % (n, a, n, kind, first, n, ", ".join(names)))
+               "\tif (f_ != CKR_OK)\n\t\treturn f_;\n\tCK_RV r_ = pf_real->%s(%s);\n"
+               "\tpf_done(%s, %s);\n\treturn r_;\n}\n"
+               % (n, a, n, kind, first, n, ", ".join(names), kind, first))
 out.append("static void pf_fill(CK_FUNCTION_LIST *l)\n{")
 for n in order:
     if n not in HAND:

@@ -65,9 +65,14 @@ static struct {
 	long max_sessions; /* 0 = report the real value */
 } pf;
 
+/* Sessions opened through us. A session killed while another thread is inside
+ * a call on it is closed underneath only when that call returns: SoftHSM frees
+ * a session's state on C_CloseSession, under the feet of a call in flight. */
 static struct {
 	CK_SESSION_HANDLE h;
 	bool dead;
+	bool closed; /* really closed underneath */
+	int inflight;
 } pf_sess[PF_MAX_SESSIONS];
 static int pf_nsess;
 
@@ -92,12 +97,14 @@ static bool parse_rv(const char *s, CK_RV *out)
 	return false;
 }
 
-/* Marks every tracked session dead and really closes it underneath. */
+/* Marks every tracked session dead and really closes the idle ones underneath
+ * (the busy ones close when their call returns, pf_done). */
 static void kill_sessions_locked(void)
 {
 	for (int i = 0; i < pf_nsess; i++) {
-		if (!pf_sess[i].dead) {
-			pf_sess[i].dead = true;
+		pf_sess[i].dead = true;
+		if (!pf_sess[i].closed && pf_sess[i].inflight == 0) {
+			pf_sess[i].closed = true;
 			(void)pf_real->C_CloseSession(pf_sess[i].h);
 		}
 	}
@@ -151,12 +158,12 @@ static void reload_locked(void)
 	pf.absent_rv = absent_rv;
 }
 
-static bool dead_locked(CK_SESSION_HANDLE h)
+static int find_locked(CK_SESSION_HANDLE h)
 {
 	for (int i = 0; i < pf_nsess; i++)
 		if (pf_sess[i].h == h)
-			return pf_sess[i].dead;
-	return false;
+			return i;
+	return -1;
 }
 
 static CK_RV pf_check(const char *func, enum pf_kind kind, CK_ULONG id)
@@ -170,10 +177,29 @@ static CK_RV pf_check(const char *func, enum pf_kind kind, CK_ULONG id)
 	if (rv == CKR_OK && pf.absent)
 		rv = kind == PF_SESSION ? pf.absent_rv
 				       : kind == PF_SLOT ? CKR_TOKEN_NOT_PRESENT : CKR_OK;
-	if (rv == CKR_OK && kind == PF_SESSION && dead_locked(id))
-		rv = CKR_SESSION_HANDLE_INVALID;
+	if (kind == PF_SESSION) {
+		int i = find_locked(id);
+		if (rv == CKR_OK && i >= 0 && pf_sess[i].dead)
+			rv = CKR_SESSION_HANDLE_INVALID;
+		if (rv == CKR_OK && i >= 0)
+			pf_sess[i].inflight++; /* forwarded: pf_done() follows */
+	}
 	pthread_mutex_unlock(&pf_lock);
 	return rv;
+}
+
+/* After a forwarded call: a session killed meanwhile is closed now. */
+static void pf_done(enum pf_kind kind, CK_ULONG id)
+{
+	if (kind != PF_SESSION)
+		return;
+	pthread_mutex_lock(&pf_lock);
+	int i = find_locked(id);
+	if (i >= 0 && --pf_sess[i].inflight == 0 && pf_sess[i].dead && !pf_sess[i].closed) {
+		pf_sess[i].closed = true;
+		(void)pf_real->C_CloseSession(pf_sess[i].h);
+	}
+	pthread_mutex_unlock(&pf_lock);
 }
 
 #include "p11fault_gen.h"
@@ -254,6 +280,8 @@ static CK_RV w_C_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, void *app, CK_NOTI
 	if (i < PF_MAX_SESSIONS) { /* a reused handle number is a live session again */
 		pf_sess[i].h = *session;
 		pf_sess[i].dead = false;
+		pf_sess[i].closed = false;
+		pf_sess[i].inflight = 0;
 	}
 	pthread_mutex_unlock(&pf_lock);
 	return rv;
@@ -263,16 +291,20 @@ static CK_RV w_C_CloseSession(CK_SESSION_HANDLE h)
 {
 	pthread_mutex_lock(&pf_lock);
 	reload_locked();
-	int i;
-	for (i = 0; i < pf_nsess && pf_sess[i].h != h; i++)
-		;
-	bool dead = i < pf_nsess && pf_sess[i].dead;
-	if (i < pf_nsess)
+	int i = find_locked(h);
+	bool dead = i >= 0 && pf_sess[i].dead;
+	if (dead) {
+		if (!pf_sess[i].closed && pf_sess[i].inflight == 0)
+			(void)pf_real->C_CloseSession(h);
+		if (pf_sess[i].inflight == 0)
+			pf_sess[i] = pf_sess[--pf_nsess];
+		pthread_mutex_unlock(&pf_lock);
+		return CKR_SESSION_HANDLE_INVALID;
+	}
+	if (i >= 0)
 		pf_sess[i] = pf_sess[--pf_nsess];
 	pthread_mutex_unlock(&pf_lock);
-	if (dead)
-		return CKR_SESSION_HANDLE_INVALID; /* already closed underneath */
-	CK_RV f = pf_check("C_CloseSession", PF_SESSION, h);
+	CK_RV f = pf_check("C_CloseSession", PF_SESSION, h); /* untracked now: no inflight */
 	CK_RV rv = pf_real->C_CloseSession(h); /* always free the real session */
 	return f != CKR_OK ? f : rv;
 }

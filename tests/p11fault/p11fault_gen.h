@@ -5,7 +5,9 @@ static CK_RV w_C_GetInfo(struct _CK_INFO *info)
 	CK_RV f_ = pf_check("C_GetInfo", PF_GLOBAL, 0);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GetInfo(info);
+	CK_RV r_ = pf_real->C_GetInfo(info);
+	pf_done(PF_GLOBAL, 0);
+	return r_;
 }
 
 static CK_RV w_C_GetMechanismList(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechanism_list, unsigned long *count)
@@ -13,7 +15,9 @@ static CK_RV w_C_GetMechanismList(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE *mechani
 	CK_RV f_ = pf_check("C_GetMechanismList", PF_SLOT, slot_id);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GetMechanismList(slot_id, mechanism_list, count);
+	CK_RV r_ = pf_real->C_GetMechanismList(slot_id, mechanism_list, count);
+	pf_done(PF_SLOT, slot_id);
+	return r_;
 }
 
 static CK_RV w_C_GetMechanismInfo(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type, struct _CK_MECHANISM_INFO *info)
@@ -21,7 +25,9 @@ static CK_RV w_C_GetMechanismInfo(CK_SLOT_ID slot_id, CK_MECHANISM_TYPE type, st
 	CK_RV f_ = pf_check("C_GetMechanismInfo", PF_SLOT, slot_id);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GetMechanismInfo(slot_id, type, info);
+	CK_RV r_ = pf_real->C_GetMechanismInfo(slot_id, type, info);
+	pf_done(PF_SLOT, slot_id);
+	return r_;
 }
 
 static CK_RV w_C_InitToken(CK_SLOT_ID slot_id, unsigned char *pin, unsigned long pin_len, unsigned char *label)
@@ -29,7 +35,9 @@ static CK_RV w_C_InitToken(CK_SLOT_ID slot_id, unsigned char *pin, unsigned long
 	CK_RV f_ = pf_check("C_InitToken", PF_SLOT, slot_id);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_InitToken(slot_id, pin, pin_len, label);
+	CK_RV r_ = pf_real->C_InitToken(slot_id, pin, pin_len, label);
+	pf_done(PF_SLOT, slot_id);
+	return r_;
 }
 
 static CK_RV w_C_InitPIN(CK_SESSION_HANDLE session, unsigned char *pin, unsigned long pin_len)
@@ -37,7 +45,9 @@ static CK_RV w_C_InitPIN(CK_SESSION_HANDLE session, unsigned char *pin, unsigned
 	CK_RV f_ = pf_check("C_InitPIN", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_InitPIN(session, pin, pin_len);
+	CK_RV r_ = pf_real->C_InitPIN(session, pin, pin_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_SetPIN(CK_SESSION_HANDLE session, unsigned char *old_pin, unsigned long old_len, unsigned char *new_pin, unsigned long new_len)
@@ -45,7 +55,9 @@ static CK_RV w_C_SetPIN(CK_SESSION_HANDLE session, unsigned char *old_pin, unsig
 	CK_RV f_ = pf_check("C_SetPIN", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_SetPIN(session, old_pin, old_len, new_pin, new_len);
+	CK_RV r_ = pf_real->C_SetPIN(session, old_pin, old_len, new_pin, new_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_GetSessionInfo(CK_SESSION_HANDLE session, struct _CK_SESSION_INFO *info)
@@ -53,7 +65,9 @@ static CK_RV w_C_GetSessionInfo(CK_SESSION_HANDLE session, struct _CK_SESSION_IN
 	CK_RV f_ = pf_check("C_GetSessionInfo", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GetSessionInfo(session, info);
+	CK_RV r_ = pf_real->C_GetSessionInfo(session, info);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_GetOperationState(CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long *operation_state_len)
@@ -61,7 +75,9 @@ static CK_RV w_C_GetOperationState(CK_SESSION_HANDLE session, unsigned char *ope
 	CK_RV f_ = pf_check("C_GetOperationState", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GetOperationState(session, operation_state, operation_state_len);
+	CK_RV r_ = pf_real->C_GetOperationState(session, operation_state, operation_state_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_SetOperationState(CK_SESSION_HANDLE session, unsigned char *operation_state, unsigned long operation_state_len, CK_OBJECT_HANDLE encryption_key, CK_OBJECT_HANDLE authentiation_key)
@@ -69,7 +85,9 @@ static CK_RV w_C_SetOperationState(CK_SESSION_HANDLE session, unsigned char *ope
 	CK_RV f_ = pf_check("C_SetOperationState", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_SetOperationState(session, operation_state, operation_state_len, encryption_key, authentiation_key);
+	CK_RV r_ = pf_real->C_SetOperationState(session, operation_state, operation_state_len, encryption_key, authentiation_key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsigned char *pin, unsigned long pin_len)
@@ -77,7 +95,9 @@ static CK_RV w_C_Login(CK_SESSION_HANDLE session, CK_USER_TYPE user_type, unsign
 	CK_RV f_ = pf_check("C_Login", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_Login(session, user_type, pin, pin_len);
+	CK_RV r_ = pf_real->C_Login(session, user_type, pin, pin_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_Logout(CK_SESSION_HANDLE session)
@@ -85,7 +105,9 @@ static CK_RV w_C_Logout(CK_SESSION_HANDLE session)
 	CK_RV f_ = pf_check("C_Logout", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_Logout(session);
+	CK_RV r_ = pf_real->C_Logout(session);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_CreateObject(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *object)
@@ -93,7 +115,9 @@ static CK_RV w_C_CreateObject(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE *t
 	CK_RV f_ = pf_check("C_CreateObject", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_CreateObject(session, templ, count, object);
+	CK_RV r_ = pf_real->C_CreateObject(session, templ, count, object);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_CopyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *new_object)
@@ -101,7 +125,9 @@ static CK_RV w_C_CopyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, 
 	CK_RV f_ = pf_check("C_CopyObject", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_CopyObject(session, object, templ, count, new_object);
+	CK_RV r_ = pf_real->C_CopyObject(session, object, templ, count, new_object);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DestroyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object)
@@ -109,7 +135,9 @@ static CK_RV w_C_DestroyObject(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE objec
 	CK_RV f_ = pf_check("C_DestroyObject", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DestroyObject(session, object);
+	CK_RV r_ = pf_real->C_DestroyObject(session, object);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_GetObjectSize(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, unsigned long *size)
@@ -117,7 +145,9 @@ static CK_RV w_C_GetObjectSize(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE objec
 	CK_RV f_ = pf_check("C_GetObjectSize", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GetObjectSize(session, object, size);
+	CK_RV r_ = pf_real->C_GetObjectSize(session, object, size);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ, unsigned long count)
@@ -125,7 +155,9 @@ static CK_RV w_C_GetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE o
 	CK_RV f_ = pf_check("C_GetAttributeValue", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GetAttributeValue(session, object, templ, count);
+	CK_RV r_ = pf_real->C_GetAttributeValue(session, object, templ, count);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE object, struct _CK_ATTRIBUTE *templ, unsigned long count)
@@ -133,7 +165,9 @@ static CK_RV w_C_SetAttributeValue(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE o
 	CK_RV f_ = pf_check("C_SetAttributeValue", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_SetAttributeValue(session, object, templ, count);
+	CK_RV r_ = pf_real->C_SetAttributeValue(session, object, templ, count);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_FindObjectsInit(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE *templ, unsigned long count)
@@ -141,7 +175,9 @@ static CK_RV w_C_FindObjectsInit(CK_SESSION_HANDLE session, struct _CK_ATTRIBUTE
 	CK_RV f_ = pf_check("C_FindObjectsInit", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_FindObjectsInit(session, templ, count);
+	CK_RV r_ = pf_real->C_FindObjectsInit(session, templ, count);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *object, unsigned long max_object_count, unsigned long *object_count)
@@ -149,7 +185,9 @@ static CK_RV w_C_FindObjects(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE *object
 	CK_RV f_ = pf_check("C_FindObjects", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_FindObjects(session, object, max_object_count, object_count);
+	CK_RV r_ = pf_real->C_FindObjects(session, object, max_object_count, object_count);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_FindObjectsFinal(CK_SESSION_HANDLE session)
@@ -157,7 +195,9 @@ static CK_RV w_C_FindObjectsFinal(CK_SESSION_HANDLE session)
 	CK_RV f_ = pf_check("C_FindObjectsFinal", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_FindObjectsFinal(session);
+	CK_RV r_ = pf_real->C_FindObjectsFinal(session);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_EncryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
@@ -165,7 +205,9 @@ static CK_RV w_C_EncryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *me
 	CK_RV f_ = pf_check("C_EncryptInit", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_EncryptInit(session, mechanism, key);
+	CK_RV r_ = pf_real->C_EncryptInit(session, mechanism, key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_Encrypt(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *encrypted_data, unsigned long *encrypted_data_len)
@@ -173,7 +215,9 @@ static CK_RV w_C_Encrypt(CK_SESSION_HANDLE session, unsigned char *data, unsigne
 	CK_RV f_ = pf_check("C_Encrypt", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_Encrypt(session, data, data_len, encrypted_data, encrypted_data_len);
+	CK_RV r_ = pf_real->C_Encrypt(session, data, data_len, encrypted_data, encrypted_data_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_EncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
@@ -181,7 +225,9 @@ static CK_RV w_C_EncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, u
 	CK_RV f_ = pf_check("C_EncryptUpdate", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_EncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
+	CK_RV r_ = pf_real->C_EncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_EncryptFinal(CK_SESSION_HANDLE session, unsigned char *last_encrypted_part, unsigned long *last_encrypted_part_len)
@@ -189,7 +235,9 @@ static CK_RV w_C_EncryptFinal(CK_SESSION_HANDLE session, unsigned char *last_enc
 	CK_RV f_ = pf_check("C_EncryptFinal", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_EncryptFinal(session, last_encrypted_part, last_encrypted_part_len);
+	CK_RV r_ = pf_real->C_EncryptFinal(session, last_encrypted_part, last_encrypted_part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DecryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
@@ -197,7 +245,9 @@ static CK_RV w_C_DecryptInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *me
 	CK_RV f_ = pf_check("C_DecryptInit", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DecryptInit(session, mechanism, key);
+	CK_RV r_ = pf_real->C_DecryptInit(session, mechanism, key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_data, unsigned long encrypted_data_len, unsigned char *data, unsigned long *data_len)
@@ -205,7 +255,9 @@ static CK_RV w_C_Decrypt(CK_SESSION_HANDLE session, unsigned char *encrypted_dat
 	CK_RV f_ = pf_check("C_Decrypt", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_Decrypt(session, encrypted_data, encrypted_data_len, data, data_len);
+	CK_RV r_ = pf_real->C_Decrypt(session, encrypted_data, encrypted_data_len, data, data_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DecryptUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
@@ -213,7 +265,9 @@ static CK_RV w_C_DecryptUpdate(CK_SESSION_HANDLE session, unsigned char *encrypt
 	CK_RV f_ = pf_check("C_DecryptUpdate", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DecryptUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
+	CK_RV r_ = pf_real->C_DecryptUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DecryptFinal(CK_SESSION_HANDLE session, unsigned char *last_part, unsigned long *last_part_len)
@@ -221,7 +275,9 @@ static CK_RV w_C_DecryptFinal(CK_SESSION_HANDLE session, unsigned char *last_par
 	CK_RV f_ = pf_check("C_DecryptFinal", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DecryptFinal(session, last_part, last_part_len);
+	CK_RV r_ = pf_real->C_DecryptFinal(session, last_part, last_part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DigestInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism)
@@ -229,7 +285,9 @@ static CK_RV w_C_DigestInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mec
 	CK_RV f_ = pf_check("C_DigestInit", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DigestInit(session, mechanism);
+	CK_RV r_ = pf_real->C_DigestInit(session, mechanism);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_Digest(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *digest, unsigned long *digest_len)
@@ -237,7 +295,9 @@ static CK_RV w_C_Digest(CK_SESSION_HANDLE session, unsigned char *data, unsigned
 	CK_RV f_ = pf_check("C_Digest", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_Digest(session, data, data_len, digest, digest_len);
+	CK_RV r_ = pf_real->C_Digest(session, data, data_len, digest, digest_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DigestUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len)
@@ -245,7 +305,9 @@ static CK_RV w_C_DigestUpdate(CK_SESSION_HANDLE session, unsigned char *part, un
 	CK_RV f_ = pf_check("C_DigestUpdate", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DigestUpdate(session, part, part_len);
+	CK_RV r_ = pf_real->C_DigestUpdate(session, part, part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DigestKey(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key)
@@ -253,7 +315,9 @@ static CK_RV w_C_DigestKey(CK_SESSION_HANDLE session, CK_OBJECT_HANDLE key)
 	CK_RV f_ = pf_check("C_DigestKey", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DigestKey(session, key);
+	CK_RV r_ = pf_real->C_DigestKey(session, key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DigestFinal(CK_SESSION_HANDLE session, unsigned char *digest, unsigned long *digest_len)
@@ -261,7 +325,9 @@ static CK_RV w_C_DigestFinal(CK_SESSION_HANDLE session, unsigned char *digest, u
 	CK_RV f_ = pf_check("C_DigestFinal", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DigestFinal(session, digest, digest_len);
+	CK_RV r_ = pf_real->C_DigestFinal(session, digest, digest_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_SignInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
@@ -269,7 +335,9 @@ static CK_RV w_C_SignInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mecha
 	CK_RV f_ = pf_check("C_SignInit", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_SignInit(session, mechanism, key);
+	CK_RV r_ = pf_real->C_SignInit(session, mechanism, key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_Sign(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len)
@@ -277,7 +345,9 @@ static CK_RV w_C_Sign(CK_SESSION_HANDLE session, unsigned char *data, unsigned l
 	CK_RV f_ = pf_check("C_Sign", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_Sign(session, data, data_len, signature, signature_len);
+	CK_RV r_ = pf_real->C_Sign(session, data, data_len, signature, signature_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_SignUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len)
@@ -285,7 +355,9 @@ static CK_RV w_C_SignUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsi
 	CK_RV f_ = pf_check("C_SignUpdate", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_SignUpdate(session, part, part_len);
+	CK_RV r_ = pf_real->C_SignUpdate(session, part, part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_SignFinal(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long *signature_len)
@@ -293,7 +365,9 @@ static CK_RV w_C_SignFinal(CK_SESSION_HANDLE session, unsigned char *signature, 
 	CK_RV f_ = pf_check("C_SignFinal", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_SignFinal(session, signature, signature_len);
+	CK_RV r_ = pf_real->C_SignFinal(session, signature, signature_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_SignRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
@@ -301,7 +375,9 @@ static CK_RV w_C_SignRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM
 	CK_RV f_ = pf_check("C_SignRecoverInit", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_SignRecoverInit(session, mechanism, key);
+	CK_RV r_ = pf_real->C_SignRecoverInit(session, mechanism, key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_SignRecover(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long *signature_len)
@@ -309,7 +385,9 @@ static CK_RV w_C_SignRecover(CK_SESSION_HANDLE session, unsigned char *data, uns
 	CK_RV f_ = pf_check("C_SignRecover", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_SignRecover(session, data, data_len, signature, signature_len);
+	CK_RV r_ = pf_real->C_SignRecover(session, data, data_len, signature, signature_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_VerifyInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
@@ -317,7 +395,9 @@ static CK_RV w_C_VerifyInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mec
 	CK_RV f_ = pf_check("C_VerifyInit", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_VerifyInit(session, mechanism, key);
+	CK_RV r_ = pf_real->C_VerifyInit(session, mechanism, key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_Verify(CK_SESSION_HANDLE session, unsigned char *data, unsigned long data_len, unsigned char *signature, unsigned long signature_len)
@@ -325,7 +405,9 @@ static CK_RV w_C_Verify(CK_SESSION_HANDLE session, unsigned char *data, unsigned
 	CK_RV f_ = pf_check("C_Verify", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_Verify(session, data, data_len, signature, signature_len);
+	CK_RV r_ = pf_real->C_Verify(session, data, data_len, signature, signature_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_VerifyUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len)
@@ -333,7 +415,9 @@ static CK_RV w_C_VerifyUpdate(CK_SESSION_HANDLE session, unsigned char *part, un
 	CK_RV f_ = pf_check("C_VerifyUpdate", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_VerifyUpdate(session, part, part_len);
+	CK_RV r_ = pf_real->C_VerifyUpdate(session, part, part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_VerifyFinal(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len)
@@ -341,7 +425,9 @@ static CK_RV w_C_VerifyFinal(CK_SESSION_HANDLE session, unsigned char *signature
 	CK_RV f_ = pf_check("C_VerifyFinal", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_VerifyFinal(session, signature, signature_len);
+	CK_RV r_ = pf_real->C_VerifyFinal(session, signature, signature_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_VerifyRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE key)
@@ -349,7 +435,9 @@ static CK_RV w_C_VerifyRecoverInit(CK_SESSION_HANDLE session, struct _CK_MECHANI
 	CK_RV f_ = pf_check("C_VerifyRecoverInit", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_VerifyRecoverInit(session, mechanism, key);
+	CK_RV r_ = pf_real->C_VerifyRecoverInit(session, mechanism, key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_VerifyRecover(CK_SESSION_HANDLE session, unsigned char *signature, unsigned long signature_len, unsigned char *data, unsigned long *data_len)
@@ -357,7 +445,9 @@ static CK_RV w_C_VerifyRecover(CK_SESSION_HANDLE session, unsigned char *signatu
 	CK_RV f_ = pf_check("C_VerifyRecover", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_VerifyRecover(session, signature, signature_len, data, data_len);
+	CK_RV r_ = pf_real->C_VerifyRecover(session, signature, signature_len, data, data_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DigestEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
@@ -365,7 +455,9 @@ static CK_RV w_C_DigestEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *p
 	CK_RV f_ = pf_check("C_DigestEncryptUpdate", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DigestEncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
+	CK_RV r_ = pf_real->C_DigestEncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DecryptDigestUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
@@ -373,7 +465,9 @@ static CK_RV w_C_DecryptDigestUpdate(CK_SESSION_HANDLE session, unsigned char *e
 	CK_RV f_ = pf_check("C_DecryptDigestUpdate", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DecryptDigestUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
+	CK_RV r_ = pf_real->C_DecryptDigestUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_SignEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *part, unsigned long part_len, unsigned char *encrypted_part, unsigned long *encrypted_part_len)
@@ -381,7 +475,9 @@ static CK_RV w_C_SignEncryptUpdate(CK_SESSION_HANDLE session, unsigned char *par
 	CK_RV f_ = pf_check("C_SignEncryptUpdate", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_SignEncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
+	CK_RV r_ = pf_real->C_SignEncryptUpdate(session, part, part_len, encrypted_part, encrypted_part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DecryptVerifyUpdate(CK_SESSION_HANDLE session, unsigned char *encrypted_part, unsigned long encrypted_part_len, unsigned char *part, unsigned long *part_len)
@@ -389,7 +485,9 @@ static CK_RV w_C_DecryptVerifyUpdate(CK_SESSION_HANDLE session, unsigned char *e
 	CK_RV f_ = pf_check("C_DecryptVerifyUpdate", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DecryptVerifyUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
+	CK_RV r_ = pf_real->C_DecryptVerifyUpdate(session, encrypted_part, encrypted_part_len, part, part_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_GenerateKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, struct _CK_ATTRIBUTE *templ, unsigned long count, CK_OBJECT_HANDLE *key)
@@ -397,7 +495,9 @@ static CK_RV w_C_GenerateKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *me
 	CK_RV f_ = pf_check("C_GenerateKey", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GenerateKey(session, mechanism, templ, count, key);
+	CK_RV r_ = pf_real->C_GenerateKey(session, mechanism, templ, count, key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_GenerateKeyPair(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, struct _CK_ATTRIBUTE *public_key_template, unsigned long public_key_attribute_count, struct _CK_ATTRIBUTE *private_key_template, unsigned long private_key_attribute_count, CK_OBJECT_HANDLE *public_key, CK_OBJECT_HANDLE *private_key)
@@ -405,7 +505,9 @@ static CK_RV w_C_GenerateKeyPair(CK_SESSION_HANDLE session, struct _CK_MECHANISM
 	CK_RV f_ = pf_check("C_GenerateKeyPair", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GenerateKeyPair(session, mechanism, public_key_template, public_key_attribute_count, private_key_template, private_key_attribute_count, public_key, private_key);
+	CK_RV r_ = pf_real->C_GenerateKeyPair(session, mechanism, public_key_template, public_key_attribute_count, private_key_template, private_key_attribute_count, public_key, private_key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_WrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE wrapping_key, CK_OBJECT_HANDLE key, unsigned char *wrapped_key, unsigned long *wrapped_key_len)
@@ -413,7 +515,9 @@ static CK_RV w_C_WrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechan
 	CK_RV f_ = pf_check("C_WrapKey", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_WrapKey(session, mechanism, wrapping_key, key, wrapped_key, wrapped_key_len);
+	CK_RV r_ = pf_real->C_WrapKey(session, mechanism, wrapping_key, key, wrapped_key, wrapped_key_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_UnwrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE unwrapping_key, unsigned char *wrapped_key, unsigned long wrapped_key_len, struct _CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key)
@@ -421,7 +525,9 @@ static CK_RV w_C_UnwrapKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mech
 	CK_RV f_ = pf_check("C_UnwrapKey", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_UnwrapKey(session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ, attribute_count, key);
+	CK_RV r_ = pf_real->C_UnwrapKey(session, mechanism, unwrapping_key, wrapped_key, wrapped_key_len, templ, attribute_count, key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_DeriveKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mechanism, CK_OBJECT_HANDLE base_key, struct _CK_ATTRIBUTE *templ, unsigned long attribute_count, CK_OBJECT_HANDLE *key)
@@ -429,7 +535,9 @@ static CK_RV w_C_DeriveKey(CK_SESSION_HANDLE session, struct _CK_MECHANISM *mech
 	CK_RV f_ = pf_check("C_DeriveKey", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_DeriveKey(session, mechanism, base_key, templ, attribute_count, key);
+	CK_RV r_ = pf_real->C_DeriveKey(session, mechanism, base_key, templ, attribute_count, key);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_SeedRandom(CK_SESSION_HANDLE session, unsigned char *seed, unsigned long seed_len)
@@ -437,7 +545,9 @@ static CK_RV w_C_SeedRandom(CK_SESSION_HANDLE session, unsigned char *seed, unsi
 	CK_RV f_ = pf_check("C_SeedRandom", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_SeedRandom(session, seed, seed_len);
+	CK_RV r_ = pf_real->C_SeedRandom(session, seed, seed_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_GenerateRandom(CK_SESSION_HANDLE session, unsigned char *random_data, unsigned long random_len)
@@ -445,7 +555,9 @@ static CK_RV w_C_GenerateRandom(CK_SESSION_HANDLE session, unsigned char *random
 	CK_RV f_ = pf_check("C_GenerateRandom", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GenerateRandom(session, random_data, random_len);
+	CK_RV r_ = pf_real->C_GenerateRandom(session, random_data, random_len);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_GetFunctionStatus(CK_SESSION_HANDLE session)
@@ -453,7 +565,9 @@ static CK_RV w_C_GetFunctionStatus(CK_SESSION_HANDLE session)
 	CK_RV f_ = pf_check("C_GetFunctionStatus", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_GetFunctionStatus(session);
+	CK_RV r_ = pf_real->C_GetFunctionStatus(session);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_CancelFunction(CK_SESSION_HANDLE session)
@@ -461,7 +575,9 @@ static CK_RV w_C_CancelFunction(CK_SESSION_HANDLE session)
 	CK_RV f_ = pf_check("C_CancelFunction", PF_SESSION, session);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_CancelFunction(session);
+	CK_RV r_ = pf_real->C_CancelFunction(session);
+	pf_done(PF_SESSION, session);
+	return r_;
 }
 
 static CK_RV w_C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID *slot, void *reserved)
@@ -469,7 +585,9 @@ static CK_RV w_C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID *slot, void *reserv
 	CK_RV f_ = pf_check("C_WaitForSlotEvent", PF_GLOBAL, 0);
 	if (f_ != CKR_OK)
 		return f_;
-	return pf_real->C_WaitForSlotEvent(flags, slot, reserved);
+	CK_RV r_ = pf_real->C_WaitForSlotEvent(flags, slot, reserved);
+	pf_done(PF_GLOBAL, 0);
+	return r_;
 }
 
 static void pf_fill(CK_FUNCTION_LIST *l)
