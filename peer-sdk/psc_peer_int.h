@@ -22,6 +22,7 @@
 
 #define PSC_PEER_CURVE_Z85_LEN 40
 #define PSC_PEER_REINIT_BACKOFF_MS 1000 /* between automatic re-Initialize attempts */
+#define PSC_PEER_MONITOR_POLL_MS 1000   /* longest psc_peer_next_timeout_ms() with auto_reconnect */
 
 struct psc_peer {
 	/* configuration (copied) */

@@ -451,6 +451,7 @@ psc_rc psc_sdk_request(psc_peer *p, psc_body *req, uint16_t ans_code, psc_answer
 				   "%s: a request is already running on this peer (requests "
 				   "must not be made from callbacks)", proto_msg_name(req->code));
 	int is_init = req->code == PSC_MSG_INITIALIZE_REQ;
+	drain_monitor(p); /* learn of a reconnect before relying on the registration */
 	if (!is_init && !p->initialized && !p->in_reinit &&
 	    !(p->need_reinit && p->auto_reconnect && p->registered))
 		return psc_err_set(err, PSC_E_PEER_NOT_INITIALIZED,
@@ -494,11 +495,16 @@ int psc_peer_next_timeout_ms(const psc_peer *p)
 		return wait <= 0 ? 0 : (int)(wait > 0x7fffffff ? 0x7fffffff : wait);
 	}
 	int64_t at = psc_store_next_expiry(p->store);
+	/* Connection events arrive on the monitor, not on psc_peer_fd(): an
+	 * auto-reconnecting peer must look at them now and then. */
+	int64_t cap = p->auto_reconnect && p->registered ? PSC_PEER_MONITOR_POLL_MS : -1;
 	if (at < 0)
-		return -1;
+		return (int)cap;
 	int64_t left = at - psc_sdk_mono_ms();
 	if (left < 0)
-		return 0;
+		left = 0;
+	if (cap >= 0 && left > cap)
+		left = cap;
 	return left > 0x7fffffff ? 0x7fffffff : (int)left;
 }
 

@@ -65,7 +65,7 @@ typedef enum psc_peer_reason {
 	PSC_PEER_REASON_REMOVED = 7,   /* this peer is no longer a member */
 	PSC_PEER_REASON_RESTORE = 8,
 	PSC_PEER_REASON_CATCHUP = 9,
-	/* Not on the wire: material that came in an answer to our own request. */
+	/* Not on the wire: material that came in an Initialize answer. */
 	PSC_PEER_REASON_ANSWER = 100,
 } psc_peer_reason;
 
@@ -300,7 +300,8 @@ int psc_peer_fd(const psc_peer *p);
 int psc_peer_process(psc_peer *p, int timeout_ms);
 
 /* Milliseconds until psc_peer_process() must run again for a timer (grace
- * expiry), or -1 if there is none. */
+ * expiry; with auto_reconnect also at least every second, to notice a
+ * connection that came back), or -1 if there is none. */
 int psc_peer_next_timeout_ms(const psc_peer *p);
 
 /* --- state ------------------------------------------------------------- */
