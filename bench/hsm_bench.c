@@ -58,13 +58,13 @@ static void die(const char *what, const char *detail)
 	exit(1);
 }
 
-#define CK(call)                                                                       \
-	do {                                                                           \
-		CK_RV rv_ = (call);                                                    \
-		if (rv_ != CKR_OK) {                                                   \
-			fprintf(stderr, "hsm_bench: %s -> 0x%lx\n", #call, rv_);       \
-			exit(1);                                                       \
-		}                                                                      \
+#define CK(call)                                                                                   \
+	do {                                                                                       \
+		CK_RV rv_ = (call);                                                                \
+		if (rv_ != CKR_OK) {                                                               \
+			fprintf(stderr, "hsm_bench: %s -> 0x%lx\n", #call, rv_);                   \
+			exit(1);                                                                   \
+		}                                                                                  \
 	} while (0)
 
 /* Shared state of one run. */
@@ -114,8 +114,14 @@ static void m_wrap(EVP_PKEY *pub)
 				sizeof(w), &wl, &err) != PSC_OK)
 		die("hsm_wrap_for_member", psc_err_text(&err));
 }
-static void m_wrap_rsa(void) { m_wrap(B.rsa_pub); }
-static void m_wrap_ec(void) { m_wrap(B.ec_pub); }
+static void m_wrap_rsa(void)
+{
+	m_wrap(B.rsa_pub);
+}
+static void m_wrap_ec(void)
+{
+	m_wrap(B.ec_pub);
+}
 
 static void m_sign(void)
 {
@@ -138,13 +144,20 @@ static CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
 static void b_generate(void)
 {
 	CK_ATTRIBUTE t[] = {
-		{CKA_CLASS, &c_secret, sizeof(c_secret)}, {CKA_KEY_TYPE, &k_gen, sizeof(k_gen)},
-		{CKA_VALUE_LEN, &len32, sizeof(len32)},	  {CKA_TOKEN, &no, sizeof(no)},
-		{CKA_PRIVATE, &yes, sizeof(yes)},	  {CKA_SENSITIVE, &yes, sizeof(yes)},
-		{CKA_EXTRACTABLE, &yes, sizeof(yes)},	  {CKA_ENCRYPT, &no, sizeof(no)},
-		{CKA_DECRYPT, &no, sizeof(no)},		  {CKA_SIGN, &no, sizeof(no)},
-		{CKA_VERIFY, &no, sizeof(no)},		  {CKA_WRAP, &no, sizeof(no)},
-		{CKA_UNWRAP, &no, sizeof(no)},		  {CKA_DERIVE, &no, sizeof(no)},
+	    {CKA_CLASS, &c_secret, sizeof(c_secret)},
+	    {CKA_KEY_TYPE, &k_gen, sizeof(k_gen)},
+	    {CKA_VALUE_LEN, &len32, sizeof(len32)},
+	    {CKA_TOKEN, &no, sizeof(no)},
+	    {CKA_PRIVATE, &yes, sizeof(yes)},
+	    {CKA_SENSITIVE, &yes, sizeof(yes)},
+	    {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+	    {CKA_ENCRYPT, &no, sizeof(no)},
+	    {CKA_DECRYPT, &no, sizeof(no)},
+	    {CKA_SIGN, &no, sizeof(no)},
+	    {CKA_VERIFY, &no, sizeof(no)},
+	    {CKA_WRAP, &no, sizeof(no)},
+	    {CKA_UNWRAP, &no, sizeof(no)},
+	    {CKA_DERIVE, &no, sizeof(no)},
 	};
 	CK_MECHANISM g = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0}, w = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 	CK_OBJECT_HANDLE o;
@@ -158,13 +171,19 @@ static void b_generate(void)
 static void b_unwrap(void)
 {
 	CK_ATTRIBUTE t[] = {
-		{CKA_CLASS, &c_secret, sizeof(c_secret)}, {CKA_KEY_TYPE, &k_gen, sizeof(k_gen)},
-		{CKA_TOKEN, &no, sizeof(no)},		  {CKA_PRIVATE, &yes, sizeof(yes)},
-		{CKA_SENSITIVE, &yes, sizeof(yes)},	  {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-		{CKA_ENCRYPT, &no, sizeof(no)},		  {CKA_DECRYPT, &no, sizeof(no)},
-		{CKA_SIGN, &no, sizeof(no)},		  {CKA_VERIFY, &no, sizeof(no)},
-		{CKA_WRAP, &no, sizeof(no)},		  {CKA_UNWRAP, &no, sizeof(no)},
-		{CKA_DERIVE, &no, sizeof(no)},
+	    {CKA_CLASS, &c_secret, sizeof(c_secret)},
+	    {CKA_KEY_TYPE, &k_gen, sizeof(k_gen)},
+	    {CKA_TOKEN, &no, sizeof(no)},
+	    {CKA_PRIVATE, &yes, sizeof(yes)},
+	    {CKA_SENSITIVE, &yes, sizeof(yes)},
+	    {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+	    {CKA_ENCRYPT, &no, sizeof(no)},
+	    {CKA_DECRYPT, &no, sizeof(no)},
+	    {CKA_SIGN, &no, sizeof(no)},
+	    {CKA_VERIFY, &no, sizeof(no)},
+	    {CKA_WRAP, &no, sizeof(no)},
+	    {CKA_UNWRAP, &no, sizeof(no)},
+	    {CKA_DERIVE, &no, sizeof(no)},
 	};
 	CK_MECHANISM w = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 	CK_OBJECT_HANDLE o;
@@ -175,14 +194,14 @@ static void b_unwrap(void)
 static void b_wrap_rsa(void)
 {
 	CK_ATTRIBUTE t[] = {
-		{CKA_CLASS, &c_pub, sizeof(c_pub)},
-		{CKA_KEY_TYPE, &k_rsa, sizeof(k_rsa)},
-		{CKA_TOKEN, &no, sizeof(no)},
-		{CKA_WRAP, &yes, sizeof(yes)},
-		{CKA_ENCRYPT, &no, sizeof(no)},
-		{CKA_VERIFY, &no, sizeof(no)},
-		{CKA_MODULUS, B.rsa_n, (CK_ULONG)B.rsa_nl},
-		{CKA_PUBLIC_EXPONENT, B.rsa_e, (CK_ULONG)B.rsa_el},
+	    {CKA_CLASS, &c_pub, sizeof(c_pub)},
+	    {CKA_KEY_TYPE, &k_rsa, sizeof(k_rsa)},
+	    {CKA_TOKEN, &no, sizeof(no)},
+	    {CKA_WRAP, &yes, sizeof(yes)},
+	    {CKA_ENCRYPT, &no, sizeof(no)},
+	    {CKA_VERIFY, &no, sizeof(no)},
+	    {CKA_MODULUS, B.rsa_n, (CK_ULONG)B.rsa_nl},
+	    {CKA_PUBLIC_EXPONENT, B.rsa_e, (CK_ULONG)B.rsa_el},
 	};
 	CK_RSA_PKCS_OAEP_PARAMS op = {CKM_SHA_1, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, NULL, 0};
 	CK_MECHANISM m = {CKM_RSA_PKCS_OAEP, &op, sizeof(op)};
@@ -197,16 +216,16 @@ static void b_wrap_rsa(void)
 static void b_wrap_ec(void)
 {
 	CK_ATTRIBUTE zt[] = {
-		{CKA_CLASS, &c_secret, sizeof(c_secret)}, {CKA_KEY_TYPE, &k_aes, sizeof(k_aes)},
-		{CKA_VALUE_LEN, &len32, sizeof(len32)},	  {CKA_TOKEN, &no, sizeof(no)},
-		{CKA_PRIVATE, &yes, sizeof(yes)},	  {CKA_SENSITIVE, &yes, sizeof(yes)},
-		{CKA_EXTRACTABLE, &no, sizeof(no)},	  {CKA_DERIVE, &yes, sizeof(yes)},
+	    {CKA_CLASS, &c_secret, sizeof(c_secret)}, {CKA_KEY_TYPE, &k_aes, sizeof(k_aes)},
+	    {CKA_VALUE_LEN, &len32, sizeof(len32)},   {CKA_TOKEN, &no, sizeof(no)},
+	    {CKA_PRIVATE, &yes, sizeof(yes)},	      {CKA_SENSITIVE, &yes, sizeof(yes)},
+	    {CKA_EXTRACTABLE, &no, sizeof(no)},	      {CKA_DERIVE, &yes, sizeof(yes)},
 	};
 	CK_ATTRIBUTE kt[] = {
-		{CKA_CLASS, &c_secret, sizeof(c_secret)}, {CKA_KEY_TYPE, &k_aes, sizeof(k_aes)},
-		{CKA_VALUE_LEN, &len32, sizeof(len32)},	  {CKA_TOKEN, &no, sizeof(no)},
-		{CKA_PRIVATE, &yes, sizeof(yes)},	  {CKA_SENSITIVE, &yes, sizeof(yes)},
-		{CKA_EXTRACTABLE, &no, sizeof(no)},	  {CKA_WRAP, &yes, sizeof(yes)},
+	    {CKA_CLASS, &c_secret, sizeof(c_secret)}, {CKA_KEY_TYPE, &k_aes, sizeof(k_aes)},
+	    {CKA_VALUE_LEN, &len32, sizeof(len32)},   {CKA_TOKEN, &no, sizeof(no)},
+	    {CKA_PRIVATE, &yes, sizeof(yes)},	      {CKA_SENSITIVE, &yes, sizeof(yes)},
+	    {CKA_EXTRACTABLE, &no, sizeof(no)},	      {CKA_WRAP, &yes, sizeof(yes)},
 	};
 	CK_ECDH1_DERIVE_PARAMS ep = {CKD_NULL, 0, NULL, 65, B.ec_point};
 	CK_MECHANISM m1 = {CKM_ECDH1_DERIVE, &ep, sizeof(ep)};
@@ -263,7 +282,7 @@ static void measure(struct row *r)
 {
 	double m[ROUNDS], b[ROUNDS];
 	r->mod();
-	r->bare(); /* warm-up */
+	r->bare();			   /* warm-up */
 	for (int i = 0; i < ROUNDS; i++) { /* alternate which side goes first */
 		if (i & 1) {
 			b[i] = rate(r->bare);
@@ -350,8 +369,7 @@ int main(int argc, char **argv)
 			/* run one side of one row for 3 s, for perf record */
 			prof_row = atoi(argv[++i]);
 			prof_side = argv[++i][0];
-		}
-		else if (strcmp(argv[i], "--round-ms") == 0 && i + 1 < argc)
+		} else if (strcmp(argv[i], "--round-ms") == 0 && i + 1 < argc)
 			round_ms = atoi(argv[++i]);
 		else
 			die("usage", "hsm_bench [--no-doc] [--round-ms N] [--profile ROW m|b]");
@@ -371,8 +389,11 @@ int main(int argc, char **argv)
 	setenv("SOFTHSM2_CONF", conf, 1);
 
 	psc_err err = {0};
-	hsm_config cfg = {.module_path = PSC_SOFTHSM_MODULE, .token_label = "bench",
-			  .pin = "1234", .sessions = 1, .allow_no_kek = true};
+	hsm_config cfg = {.module_path = PSC_SOFTHSM_MODULE,
+			  .token_label = "bench",
+			  .pin = "1234",
+			  .sessions = 1,
+			  .allow_no_kek = true};
 	if (hsm_ctx_new(&B.ctx, &cfg, &err) != PSC_OK)
 		die("hsm_ctx_new", psc_err_text(&err));
 	uint8_t kek_id[HSM_KEK_ID_LEN];
@@ -400,10 +421,14 @@ int main(int argc, char **argv)
 	B.epoch_obj = B.epoch.handle; /* session objects are visible to every session */
 	{
 		/* bare ephemeral key, as hsm_eph_new makes it */
-		static const uint8_t oid[] = {0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-		CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, (void *)oid, sizeof(oid)}, {CKA_TOKEN, &no, 1}};
-		CK_ATTRIBUTE st[] = {{CKA_TOKEN, &no, 1}, {CKA_PRIVATE, &yes, 1},
-				     {CKA_SENSITIVE, &yes, 1}, {CKA_EXTRACTABLE, &no, 1},
+		static const uint8_t oid[] = {0x06, 0x08, 0x2a, 0x86, 0x48,
+					      0xce, 0x3d, 0x03, 0x01, 0x07};
+		CK_ATTRIBUTE pt[] = {{CKA_EC_PARAMS, (void *)oid, sizeof(oid)},
+				     {CKA_TOKEN, &no, 1}};
+		CK_ATTRIBUTE st[] = {{CKA_TOKEN, &no, 1},
+				     {CKA_PRIVATE, &yes, 1},
+				     {CKA_SENSITIVE, &yes, 1},
+				     {CKA_EXTRACTABLE, &no, 1},
 				     {CKA_DERIVE, &yes, 1}};
 		CK_MECHANISM m = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
 		CK_OBJECT_HANDLE pub;
@@ -435,16 +460,16 @@ int main(int argc, char **argv)
 		die("context", psc_err_text(&err));
 
 	struct row rows[] = {
-		{"new epoch secret + KEK wrap (blob)", "C_GenerateKey, C_WrapKey(KWP), C_DestroyObject",
-		 m_generate, b_generate, 0, 0},
-		{"load blob (KEK unwrap)", "C_UnwrapKey(KWP), C_DestroyObject", m_unwrap, b_unwrap, 0,
-		 0},
-		{"member wrap, RSA-2048 (OAEP)",
-		 "C_CreateObject, C_WrapKey(OAEP), C_DestroyObject", m_wrap_rsa, b_wrap_rsa, 0, 0},
-		{"member wrap, EC P-256 (ECDH+AES-PRF+KWP)",
-		 "2x C_DeriveKey, C_WrapKey(KWP), 2x C_DestroyObject", m_wrap_ec, b_wrap_ec, 0, 0},
-		{"sign, identity key ECDSA P-256",
-		 "libp11 EVP_DigestSign vs C_SignInit+C_Sign(CKM_ECDSA)", m_sign, b_sign, 0, 0},
+	    {"new epoch secret + KEK wrap (blob)", "C_GenerateKey, C_WrapKey(KWP), C_DestroyObject",
+	     m_generate, b_generate, 0, 0},
+	    {"load blob (KEK unwrap)", "C_UnwrapKey(KWP), C_DestroyObject", m_unwrap, b_unwrap, 0,
+	     0},
+	    {"member wrap, RSA-2048 (OAEP)", "C_CreateObject, C_WrapKey(OAEP), C_DestroyObject",
+	     m_wrap_rsa, b_wrap_rsa, 0, 0},
+	    {"member wrap, EC P-256 (ECDH+AES-PRF+KWP)",
+	     "2x C_DeriveKey, C_WrapKey(KWP), 2x C_DestroyObject", m_wrap_ec, b_wrap_ec, 0, 0},
+	    {"sign, identity key ECDSA P-256",
+	     "libp11 EVP_DigestSign vs C_SignInit+C_Sign(CKM_ECDSA)", m_sign, b_sign, 0, 0},
 	};
 	size_t nrows = sizeof(rows) / sizeof(rows[0]);
 	if (prof_row >= 0 && (size_t)prof_row < nrows) {
@@ -468,13 +493,14 @@ int main(int argc, char **argv)
 	if (!out)
 		die("cannot write", sec);
 	fprintf(out, "## hsm_bench — psc_hsm vs bare PKCS#11 (SoftHSM 2.6)\n\n");
-	fprintf(out, "Run %s on %s, %s, %ld cores; `build/bench/hsm_bench`. One worker "
-		     "session, one thread; rates are operations per CPU-second of the calling "
-		     "thread (SoftHSM runs in-process, so this is all the work, and it is "
-		     "robust on a shared machine); %d alternating rounds of %d ms CPU per "
-		     "side, median shown. \"bare\" is the same PKCS#11 calls (same mechanisms "
-		     "and templates) in a loop on a session of its own, with precomputed "
-		     "inputs and no checks; overhead = bare/psc_hsm - 1.\n\n",
+	fprintf(out,
+		"Run %s on %s, %s, %ld cores; `build/bench/hsm_bench`. One worker "
+		"session, one thread; rates are operations per CPU-second of the calling "
+		"thread (SoftHSM runs in-process, so this is all the work, and it is "
+		"robust on a shared machine); %d alternating rounds of %d ms CPU per "
+		"side, median shown. \"bare\" is the same PKCS#11 calls (same mechanisms "
+		"and templates) in a loop on a session of its own, with precomputed "
+		"inputs and no checks; overhead = bare/psc_hsm - 1.\n\n",
 		date, u.machine, cpu, sysconf(_SC_NPROCESSORS_ONLN), ROUNDS, round_ms);
 	fprintf(out, "| operation | psc_hsm ops/CPU-s | bare ops/CPU-s | overhead | bare loop |\n");
 	fprintf(out, "|---|---:|---:|---:|---|\n");

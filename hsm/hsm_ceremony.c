@@ -44,8 +44,7 @@ static psc_rc clear_existing(hsm_ctx *ctx, bool overwrite, psc_err *err)
 	return PSC_OK;
 }
 
-static psc_rc make_kek(hsm_ctx *ctx, uint8_t id[HSM_KEK_ID_LEN], CK_OBJECT_HANDLE *h,
-		       psc_err *err)
+static psc_rc make_kek(hsm_ctx *ctx, uint8_t id[HSM_KEK_ID_LEN], CK_OBJECT_HANDLE *h, psc_err *err)
 {
 	CK_RV rv = ctx->f->C_GenerateRandom(ctx->ctl, id, HSM_KEK_ID_LEN);
 	if (rv != CKR_OK)
@@ -56,22 +55,22 @@ static psc_rc make_kek(hsm_ctx *ctx, uint8_t id[HSM_KEK_ID_LEN], CK_OBJECT_HANDL
 	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
 	/* Wrap/unwrap only; sensitive and never extractable (DESIGN.md §3). */
 	CK_ATTRIBUTE tmpl[] = {
-		{CKA_CLASS, &cls, sizeof(cls)},
-		{CKA_KEY_TYPE, &kt, sizeof(kt)},
-		{CKA_VALUE_LEN, &len, sizeof(len)},
-		{CKA_TOKEN, &t, sizeof(t)},
-		{CKA_PRIVATE, &t, sizeof(t)},
-		{CKA_SENSITIVE, &t, sizeof(t)},
-		{CKA_EXTRACTABLE, &f, sizeof(f)},
-		{CKA_WRAP, &t, sizeof(t)},
-		{CKA_UNWRAP, &t, sizeof(t)},
-		{CKA_ENCRYPT, &f, sizeof(f)},
-		{CKA_DECRYPT, &f, sizeof(f)},
-		{CKA_SIGN, &f, sizeof(f)},
-		{CKA_VERIFY, &f, sizeof(f)},
-		{CKA_DERIVE, &f, sizeof(f)},
-		{CKA_LABEL, (void *)HSM_LABEL_KEK, strlen(HSM_LABEL_KEK)},
-		{CKA_ID, id, HSM_KEK_ID_LEN},
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_VALUE_LEN, &len, sizeof(len)},
+	    {CKA_TOKEN, &t, sizeof(t)},
+	    {CKA_PRIVATE, &t, sizeof(t)},
+	    {CKA_SENSITIVE, &t, sizeof(t)},
+	    {CKA_EXTRACTABLE, &f, sizeof(f)},
+	    {CKA_WRAP, &t, sizeof(t)},
+	    {CKA_UNWRAP, &t, sizeof(t)},
+	    {CKA_ENCRYPT, &f, sizeof(f)},
+	    {CKA_DECRYPT, &f, sizeof(f)},
+	    {CKA_SIGN, &f, sizeof(f)},
+	    {CKA_VERIFY, &f, sizeof(f)},
+	    {CKA_DERIVE, &f, sizeof(f)},
+	    {CKA_LABEL, (void *)HSM_LABEL_KEK, strlen(HSM_LABEL_KEK)},
+	    {CKA_ID, id, HSM_KEK_ID_LEN},
 	};
 	CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
 	rv = ctx->f->C_GenerateKey(ctx->ctl, &m, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), h);
@@ -88,27 +87,32 @@ static psc_rc make_pair(hsm_ctx *ctx, const char *label, uint8_t id, unsigned rs
 	CK_ULONG bits = rsa_bits;
 	static const uint8_t e65537[] = {0x01, 0x00, 0x01};
 	CK_ATTRIBUTE pub_ec[] = {
-		{CKA_EC_PARAMS, (void *)p256_oid, sizeof(p256_oid)},
-		{CKA_TOKEN, &t, sizeof(t)},
-		{CKA_VERIFY, &t, sizeof(t)},
-		{CKA_LABEL, (void *)label, strlen(label)},
-		{CKA_ID, &id, 1},
+	    {CKA_EC_PARAMS, (void *)p256_oid, sizeof(p256_oid)},
+	    {CKA_TOKEN, &t, sizeof(t)},
+	    {CKA_VERIFY, &t, sizeof(t)},
+	    {CKA_LABEL, (void *)label, strlen(label)},
+	    {CKA_ID, &id, 1},
 	};
 	CK_ATTRIBUTE pub_rsa[] = {
-		{CKA_MODULUS_BITS, &bits, sizeof(bits)},
-		{CKA_PUBLIC_EXPONENT, (void *)e65537, sizeof(e65537)},
-		{CKA_TOKEN, &t, sizeof(t)},
-		{CKA_VERIFY, &t, sizeof(t)},
-		{CKA_LABEL, (void *)label, strlen(label)},
-		{CKA_ID, &id, 1},
+	    {CKA_MODULUS_BITS, &bits, sizeof(bits)},
+	    {CKA_PUBLIC_EXPONENT, (void *)e65537, sizeof(e65537)},
+	    {CKA_TOKEN, &t, sizeof(t)},
+	    {CKA_VERIFY, &t, sizeof(t)},
+	    {CKA_LABEL, (void *)label, strlen(label)},
+	    {CKA_ID, &id, 1},
 	};
 	/* Signing only: never extractable, never used to decrypt or derive. */
 	CK_ATTRIBUTE priv[] = {
-		{CKA_TOKEN, &t, sizeof(t)},	  {CKA_PRIVATE, &t, sizeof(t)},
-		{CKA_SENSITIVE, &t, sizeof(t)},	  {CKA_EXTRACTABLE, &f, sizeof(f)},
-		{CKA_SIGN, &t, sizeof(t)},	  {CKA_DECRYPT, &f, sizeof(f)},
-		{CKA_DERIVE, &f, sizeof(f)},	  {CKA_UNWRAP, &f, sizeof(f)},
-		{CKA_LABEL, (void *)label, strlen(label)}, {CKA_ID, &id, 1},
+	    {CKA_TOKEN, &t, sizeof(t)},
+	    {CKA_PRIVATE, &t, sizeof(t)},
+	    {CKA_SENSITIVE, &t, sizeof(t)},
+	    {CKA_EXTRACTABLE, &f, sizeof(f)},
+	    {CKA_SIGN, &t, sizeof(t)},
+	    {CKA_DECRYPT, &f, sizeof(f)},
+	    {CKA_DERIVE, &f, sizeof(f)},
+	    {CKA_UNWRAP, &f, sizeof(f)},
+	    {CKA_LABEL, (void *)label, strlen(label)},
+	    {CKA_ID, &id, 1},
 	};
 	CK_MECHANISM m = {rsa_bits ? CKM_RSA_PKCS_KEY_PAIR_GEN : CKM_EC_KEY_PAIR_GEN, NULL, 0};
 	CK_RV rv = ctx->f->C_GenerateKeyPair(ctx->ctl, &m, rsa_bits ? pub_rsa : pub_ec,
@@ -225,8 +229,8 @@ out:
 	return rc;
 }
 
-psc_rc hsm_ceremony(hsm_ctx *ctx, const hsm_ceremony_opts *o,
-		    uint8_t kek_id_out[HSM_KEK_ID_LEN], char **csr_pem_out, psc_err *err)
+psc_rc hsm_ceremony(hsm_ctx *ctx, const hsm_ceremony_opts *o, uint8_t kek_id_out[HSM_KEK_ID_LEN],
+		    char **csr_pem_out, psc_err *err)
 {
 	if (!ctx || !o || !kek_id_out || !csr_pem_out)
 		return psc_err_set(err, PSC_E_INVALID_ARG, "hsm_ceremony: missing argument");
@@ -259,8 +263,8 @@ psc_rc hsm_ceremony(hsm_ctx *ctx, const hsm_ceremony_opts *o,
 	if (rc == PSC_OK)
 		rc = make_kek(ctx, id, &made[0], err);
 	if (rc == PSC_OK)
-		rc = make_pair(ctx, HSM_LABEL_IDENTITY, HSM_ID_IDENTITY, o->rsa_bits, &made[1],
-			       err);
+		rc =
+		    make_pair(ctx, HSM_LABEL_IDENTITY, HSM_ID_IDENTITY, o->rsa_bits, &made[1], err);
 	if (rc == PSC_OK)
 		rc = make_pair(ctx, HSM_LABEL_AUDIT, HSM_ID_AUDIT, 0, &made[3], err);
 	if (rc != PSC_OK)

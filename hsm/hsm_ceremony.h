@@ -17,10 +17,10 @@
 #include "hsm_ctx.h"
 
 typedef struct hsm_ceremony_opts {
-	const char *subject;   /* CSR subject, OpenSSL one-line form "/O=PSC/CN=kms1" */
-	const char *uri_san;   /* e.g. "reload://<hex node-id>@overlay/" */
-	unsigned rsa_bits;     /* 0 = ECDSA P-256 identity; else RSA (2048..4096) */
-	bool overwrite;	       /* delete existing psc-kms keys first */
+	const char *subject; /* CSR subject, OpenSSL one-line form "/O=PSC/CN=kms1" */
+	const char *uri_san; /* e.g. "reload://<hex node-id>@overlay/" */
+	unsigned rsa_bits;   /* 0 = ECDSA P-256 identity; else RSA (2048..4096) */
+	bool overwrite;	     /* delete existing psc-kms keys first */
 } hsm_ceremony_opts;
 
 /*
@@ -29,8 +29,7 @@ typedef struct hsm_ceremony_opts {
  * the new KEK. Errors: PSC_E_HSM_KEY_EXISTS (keys present, overwrite not set),
  * PSC_E_INVALID_ARG (bad subject/SAN), PSC_E_HSM_P11, PSC_E_CRYPTO.
  */
-psc_rc hsm_ceremony(hsm_ctx *ctx, const hsm_ceremony_opts *opts,
-		    uint8_t kek_id_out[HSM_KEK_ID_LEN], char **csr_pem_out,
-		    psc_err *err) PSC_WUR;
+psc_rc hsm_ceremony(hsm_ctx *ctx, const hsm_ceremony_opts *opts, uint8_t kek_id_out[HSM_KEK_ID_LEN],
+		    char **csr_pem_out, psc_err *err) PSC_WUR;
 
 #endif

@@ -54,7 +54,8 @@ psc_rc hsm_p11_fail(hsm_ctx *ctx, CK_RV rv, const char *fn, psc_rc rc, const cha
 				   "%s failed on token '%s' (module %s): %s (0x%lx): the HSM "
 				   "is unavailable; psc-kms retries by itself, check the "
 				   "device and its connection",
-				   fn, ctx->label, ctx->module, hsm_ckr_name(rv), (unsigned long)rv);
+				   fn, ctx->label, ctx->module, hsm_ckr_name(rv),
+				   (unsigned long)rv);
 	}
 	return psc_err_set(err, rc, "%s failed on token '%s' (module %s): %s (0x%lx): %s", fn,
 			   ctx->label, ctx->module, hsm_ckr_name(rv), (unsigned long)rv,
@@ -164,8 +165,7 @@ static psc_rc login_rv(hsm_ctx *ctx, CK_RV rv, psc_err *err)
 							  "officer must reset it"
 							: "");
 	}
-	return hsm_p11_fail(ctx, rv, "C_Login", PSC_E_HSM_P11, "cannot log in to the token",
-			    err);
+	return hsm_p11_fail(ctx, rv, "C_Login", PSC_E_HSM_P11, "cannot log in to the token", err);
 }
 
 /* Opens (or reopens) the control session and logs in; ctx->lock held. */
@@ -197,8 +197,8 @@ psc_rc hsm_kek_find_locked(hsm_ctx *ctx, bool required, psc_err *err)
 {
 	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
 	CK_ATTRIBUTE t[] = {
-		{CKA_CLASS, &cls, sizeof(cls)},
-		{CKA_LABEL, (void *)HSM_LABEL_KEK, strlen(HSM_LABEL_KEK)},
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_LABEL, (void *)HSM_LABEL_KEK, strlen(HSM_LABEL_KEK)},
 	};
 	CK_OBJECT_HANDLE hs[2];
 	CK_ULONG n = 0;
@@ -225,12 +225,9 @@ psc_rc hsm_kek_find_locked(hsm_ctx *ctx, bool required, psc_err *err)
 	CK_ULONG vlen = 0;
 	uint8_t id[HSM_KEK_ID_LEN + 1];
 	CK_ATTRIBUTE a[] = {
-		{CKA_KEY_TYPE, &kt, sizeof(kt)},
-		{CKA_SENSITIVE, &sens, sizeof(sens)},
-		{CKA_EXTRACTABLE, &extr, sizeof(extr)},
-		{CKA_NEVER_EXTRACTABLE, &never, sizeof(never)},
-		{CKA_VALUE_LEN, &vlen, sizeof(vlen)},
-		{CKA_ID, id, sizeof(id)},
+	    {CKA_KEY_TYPE, &kt, sizeof(kt)},	    {CKA_SENSITIVE, &sens, sizeof(sens)},
+	    {CKA_EXTRACTABLE, &extr, sizeof(extr)}, {CKA_NEVER_EXTRACTABLE, &never, sizeof(never)},
+	    {CKA_VALUE_LEN, &vlen, sizeof(vlen)},   {CKA_ID, id, sizeof(id)},
 	};
 	rv = ctx->f->C_GetAttributeValue(ctx->ctl, hs[0], a, 6);
 	if (rv != CKR_OK)
@@ -348,13 +345,13 @@ static psc_rc check_mechanisms(hsm_ctx *ctx, psc_err *err)
 		CK_MECHANISM_TYPE m;
 		const char *name;
 	} need[] = {
-		{CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN"},
-		{CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
-		{CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP"},
-		{CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"},
-		{CKM_ECDH1_DERIVE, "CKM_ECDH1_DERIVE"},
-		{CKM_AES_ECB_ENCRYPT_DATA, "CKM_AES_ECB_ENCRYPT_DATA"},
-		{CKM_ECDSA, "CKM_ECDSA"},
+	    {CKM_GENERIC_SECRET_KEY_GEN, "CKM_GENERIC_SECRET_KEY_GEN"},
+	    {CKM_AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD"},
+	    {CKM_RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP"},
+	    {CKM_EC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"},
+	    {CKM_ECDH1_DERIVE, "CKM_ECDH1_DERIVE"},
+	    {CKM_AES_ECB_ENCRYPT_DATA, "CKM_AES_ECB_ENCRYPT_DATA"},
+	    {CKM_ECDSA, "CKM_ECDSA"},
 	};
 	CK_MECHANISM_TYPE list[512];
 	CK_ULONG n = 512;
@@ -391,9 +388,8 @@ static psc_rc open_p11(hsm_ctx *ctx, psc_err *err)
 	ctx->p11_loaded = true;
 	/* Our own view of the same module: dlopen returns libp11's handle (refcount). */
 	ctx->dl = dlopen(ctx->module, RTLD_NOW | RTLD_LOCAL);
-	CK_C_GetFunctionList gfl = ctx->dl ? (CK_C_GetFunctionList)dlsym(ctx->dl,
-									 "C_GetFunctionList")
-					   : NULL;
+	CK_C_GetFunctionList gfl =
+	    ctx->dl ? (CK_C_GetFunctionList)dlsym(ctx->dl, "C_GetFunctionList") : NULL;
 	if (!gfl || gfl(&ctx->f) != CKR_OK || !ctx->f)
 		return psc_err_set(err, PSC_E_HSM_MODULE,
 				   "PKCS#11 module %s has no usable C_GetFunctionList: is it a "
@@ -422,8 +418,8 @@ static psc_rc open_p11(hsm_ctx *ctx, psc_err *err)
 			ctx->slot = &ctx->slots[i];
 			break;
 		}
-		int w = snprintf(seen + off, sizeof(seen) - off, "%s'%s'", off ? ", " : "",
-				 tok->label);
+		int w =
+		    snprintf(seen + off, sizeof(seen) - off, "%s'%s'", off ? ", " : "", tok->label);
 		if (w > 0 && (size_t)w < sizeof(seen) - off)
 			off += (size_t)w;
 	}
@@ -439,8 +435,9 @@ static psc_rc open_p11(hsm_ctx *ctx, psc_err *err)
 psc_rc hsm_ctx_new(hsm_ctx **out, const hsm_config *cfg, psc_err *err)
 {
 	if (!out || !cfg || !cfg->module_path || !cfg->token_label || !cfg->pin)
-		return psc_err_set(err, PSC_E_INVALID_ARG, "hsm: module, token label and PIN "
-							   "are required");
+		return psc_err_set(err, PSC_E_INVALID_ARG,
+				   "hsm: module, token label and PIN "
+				   "are required");
 	*out = NULL;
 	if (strlen(cfg->token_label) == 0 || strlen(cfg->token_label) > 32)
 		return psc_err_set(err, PSC_E_INVALID_ARG,
@@ -625,8 +622,7 @@ static psc_rc get_key(hsm_ctx *ctx, const char *label, EVP_PKEY **cache, EVP_PKE
 		 * and appends new ones: after a forced ceremony the deleted old key
 		 * is still listed, so the newest (last) match is the live one. */
 		for (unsigned i = n; rc == PSC_OK && i-- > 0 && !*cache;)
-			if (keys[i].isPrivate && keys[i].label &&
-			    strcmp(keys[i].label, label) == 0)
+			if (keys[i].isPrivate && keys[i].label && strcmp(keys[i].label, label) == 0)
 				*cache = PKCS11_get_private_key(&keys[i]);
 		if (rc == PSC_OK && !*cache) {
 			ERR_clear_error();
@@ -664,6 +660,6 @@ psc_rc hsm_random(hsm_session *s, uint8_t *buf, size_t n, psc_err *err)
 	CK_RV rv = s->ctx->f->C_GenerateRandom(s->h, buf, n);
 	if (rv != CKR_OK)
 		return hsm_s_fail(s, rv, "C_GenerateRandom", PSC_E_HSM_P11,
-				    "the token's RNG failed", err);
+				  "the token's RNG failed", err);
 	return PSC_OK;
 }

@@ -17,8 +17,8 @@ static psc_rc need_kek(hsm_ctx *ctx, psc_err *err)
 	return PSC_OK;
 }
 
-psc_rc hsm_epoch_generate(hsm_session *s, hsm_key *key_out,
-			  uint8_t blob_out[HSM_EPOCH_BLOB_LEN], psc_err *err)
+psc_rc hsm_epoch_generate(hsm_session *s, hsm_key *key_out, uint8_t blob_out[HSM_EPOCH_BLOB_LEN],
+			  psc_err *err)
 {
 	if (!key_out || !blob_out)
 		return psc_err_set(err, PSC_E_INVALID_ARG, "hsm_epoch_generate: missing argument");
@@ -37,20 +37,20 @@ psc_rc hsm_epoch_generate(hsm_session *s, hsm_key *key_out,
 	 * value never leaves the token unwrapped; a session object so nothing but
 	 * the KEK-wrapped blob outlives the process. */
 	CK_ATTRIBUTE tmpl[] = {
-		{CKA_CLASS, &cls, sizeof(cls)},	      {CKA_KEY_TYPE, &kt, sizeof(kt)},
-		{CKA_VALUE_LEN, &len, sizeof(len)},   {CKA_TOKEN, &f, sizeof(f)},
-		{CKA_PRIVATE, &t, sizeof(t)},	      {CKA_SENSITIVE, &t, sizeof(t)},
-		{CKA_EXTRACTABLE, &t, sizeof(t)},     {CKA_ENCRYPT, &f, sizeof(f)},
-		{CKA_DECRYPT, &f, sizeof(f)},	      {CKA_SIGN, &f, sizeof(f)},
-		{CKA_VERIFY, &f, sizeof(f)},	      {CKA_WRAP, &f, sizeof(f)},
-		{CKA_UNWRAP, &f, sizeof(f)},	      {CKA_DERIVE, &f, sizeof(f)},
+	    {CKA_CLASS, &cls, sizeof(cls)},	{CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_VALUE_LEN, &len, sizeof(len)}, {CKA_TOKEN, &f, sizeof(f)},
+	    {CKA_PRIVATE, &t, sizeof(t)},	{CKA_SENSITIVE, &t, sizeof(t)},
+	    {CKA_EXTRACTABLE, &t, sizeof(t)},	{CKA_ENCRYPT, &f, sizeof(f)},
+	    {CKA_DECRYPT, &f, sizeof(f)},	{CKA_SIGN, &f, sizeof(f)},
+	    {CKA_VERIFY, &f, sizeof(f)},	{CKA_WRAP, &f, sizeof(f)},
+	    {CKA_UNWRAP, &f, sizeof(f)},	{CKA_DERIVE, &f, sizeof(f)},
 	};
 	CK_MECHANISM mech = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0};
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
 	CK_RV rv = ctx->f->C_GenerateKey(s->h, &mech, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
 	if (rv != CKR_OK)
-		return hsm_s_fail(s, rv, "C_GenerateKey(CKM_GENERIC_SECRET_KEY_GEN)",
-				    PSC_E_HSM_P11, "the token cannot make the epoch secret", err);
+		return hsm_s_fail(s, rv, "C_GenerateKey(CKM_GENERIC_SECRET_KEY_GEN)", PSC_E_HSM_P11,
+				  "the token cannot make the epoch secret", err);
 	CK_MECHANISM wrap = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 	CK_ULONG wl = HSM_EPOCH_BLOB_LEN - 1 - HSM_KEK_ID_LEN;
 	rv = ctx->f->C_WrapKey(s->h, &wrap, atomic_load(&ctx->kek), h,
@@ -63,7 +63,7 @@ psc_rc hsm_epoch_generate(hsm_session *s, hsm_key *key_out,
 					   "expected 40: the token's RFC 5649 wrap is broken",
 					   (unsigned long)wl);
 		return hsm_s_fail(s, rv, "C_WrapKey(CKM_AES_KEY_WRAP_PAD)", PSC_E_HSM_P11,
-				    "cannot wrap the epoch secret under the master KEK", err);
+				  "cannot wrap the epoch secret under the master KEK", err);
 	}
 	blob_out[0] = HSM_EPOCH_BLOB_VERSION;
 	memcpy(blob_out + 1, ctx->kek_id, HSM_KEK_ID_LEN);
@@ -101,15 +101,15 @@ psc_rc hsm_epoch_load(hsm_session *s, const uint8_t *blob, size_t blob_len, hsm_
 		CK_OBJECT_CLASS kc = CKO_SECRET_KEY;
 		CK_BBOOL t = CK_TRUE;
 		CK_ATTRIBUTE ft[] = {
-			{CKA_CLASS, &kc, sizeof(kc)},
-			{CKA_ID, (void *)(blob + 1), HSM_KEK_ID_LEN},
-			{CKA_UNWRAP, &t, sizeof(t)},
+		    {CKA_CLASS, &kc, sizeof(kc)},
+		    {CKA_ID, (void *)(blob + 1), HSM_KEK_ID_LEN},
+		    {CKA_UNWRAP, &t, sizeof(t)},
 		};
 		CK_ULONG n = 0;
 		CK_RV frv = hsm_find(ctx, s->h, ft, 3, &kek, 1, &n);
 		if (frv != CKR_OK)
 			return hsm_s_fail(s, frv, "C_FindObjects", PSC_E_HSM_P11,
-					    "cannot look up the blob's KEK", err);
+					  "cannot look up the blob's KEK", err);
 		if (n == 0) {
 			char hex[2 * HSM_KEK_ID_LEN + 1];
 			for (int i = 0; i < HSM_KEK_ID_LEN; i++)
@@ -125,13 +125,13 @@ psc_rc hsm_epoch_load(hsm_session *s, const uint8_t *blob, size_t blob_len, hsm_
 	CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
 	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
 	CK_ATTRIBUTE tmpl[] = {
-		{CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
-		{CKA_TOKEN, &f, sizeof(f)},	{CKA_PRIVATE, &t, sizeof(t)},
-		{CKA_SENSITIVE, &t, sizeof(t)}, {CKA_EXTRACTABLE, &t, sizeof(t)},
-		{CKA_ENCRYPT, &f, sizeof(f)},	{CKA_DECRYPT, &f, sizeof(f)},
-		{CKA_SIGN, &f, sizeof(f)},	{CKA_VERIFY, &f, sizeof(f)},
-		{CKA_WRAP, &f, sizeof(f)},	{CKA_UNWRAP, &f, sizeof(f)},
-		{CKA_DERIVE, &f, sizeof(f)},
+	    {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_TOKEN, &f, sizeof(f)},	    {CKA_PRIVATE, &t, sizeof(t)},
+	    {CKA_SENSITIVE, &t, sizeof(t)}, {CKA_EXTRACTABLE, &t, sizeof(t)},
+	    {CKA_ENCRYPT, &f, sizeof(f)},   {CKA_DECRYPT, &f, sizeof(f)},
+	    {CKA_SIGN, &f, sizeof(f)},	    {CKA_VERIFY, &f, sizeof(f)},
+	    {CKA_WRAP, &f, sizeof(f)},	    {CKA_UNWRAP, &f, sizeof(f)},
+	    {CKA_DERIVE, &f, sizeof(f)},
 	};
 	CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
@@ -153,7 +153,7 @@ psc_rc hsm_epoch_load(hsm_session *s, const uint8_t *blob, size_t blob_len, hsm_
 				   ctx->label, hsm_ckr_name(rv));
 	if (rv != CKR_OK)
 		return hsm_s_fail(s, rv, "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)", PSC_E_HSM_P11,
-				    "cannot unwrap the epoch secret", err);
+				  "cannot unwrap the epoch secret", err);
 	/* No CKA_VALUE_LEN check here: SoftHSM reports 0 for unwrapped generic
 	 * secrets and refuses the attribute in the unwrap template. A 40-byte KWP
 	 * blob that passes RFC 5649's integrity check holds 25..32 bytes, and only
@@ -174,8 +174,7 @@ psc_rc hsm_key_destroy(hsm_session *s, hsm_key *key, psc_err *err)
 	if (key->gen == atomic_load(&s->ctx->gen)) {
 		CK_RV rv = s->ctx->f->C_DestroyObject(s->h, key->handle);
 		if (rv != CKR_OK && rv != CKR_OBJECT_HANDLE_INVALID)
-			return hsm_s_fail(s, rv, "C_DestroyObject", PSC_E_HSM_P11, NULL,
-					    err);
+			return hsm_s_fail(s, rv, "C_DestroyObject", PSC_E_HSM_P11, NULL, err);
 	}
 	memset(key, 0, sizeof(*key));
 	return PSC_OK;

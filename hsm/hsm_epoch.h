@@ -37,8 +37,8 @@ typedef struct hsm_key {
 } hsm_key;
 
 /* New epoch secret in the HSM, and its blob (blob_out: HSM_EPOCH_BLOB_LEN bytes). */
-psc_rc hsm_epoch_generate(hsm_session *s, hsm_key *key_out,
-			  uint8_t blob_out[HSM_EPOCH_BLOB_LEN], psc_err *err) PSC_WUR;
+psc_rc hsm_epoch_generate(hsm_session *s, hsm_key *key_out, uint8_t blob_out[HSM_EPOCH_BLOB_LEN],
+			  psc_err *err) PSC_WUR;
 
 /*
  * Unwraps a blob into a session object. Errors: PSC_E_HSM_BAD_BLOB (length,

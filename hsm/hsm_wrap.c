@@ -49,22 +49,22 @@ psc_rc hsm_eph_new(hsm_session *s, hsm_eph **out, psc_err *err)
 	hsm_ctx *ctx = s->ctx;
 	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
 	CK_ATTRIBUTE pub_t[] = {
-		{CKA_EC_PARAMS, (void *)p256_oid, sizeof(p256_oid)},
-		{CKA_TOKEN, &f, sizeof(f)},
-		{CKA_VERIFY, &f, sizeof(f)},
+	    {CKA_EC_PARAMS, (void *)p256_oid, sizeof(p256_oid)},
+	    {CKA_TOKEN, &f, sizeof(f)},
+	    {CKA_VERIFY, &f, sizeof(f)},
 	};
 	/* The private half only ever derives (ECDH), never signs or leaves. */
 	CK_ATTRIBUTE priv_t[] = {
-		{CKA_TOKEN, &f, sizeof(f)},	  {CKA_PRIVATE, &t, sizeof(t)},
-		{CKA_SENSITIVE, &t, sizeof(t)},	  {CKA_EXTRACTABLE, &f, sizeof(f)},
-		{CKA_DERIVE, &t, sizeof(t)},	  {CKA_SIGN, &f, sizeof(f)},
+	    {CKA_TOKEN, &f, sizeof(f)},	    {CKA_PRIVATE, &t, sizeof(t)},
+	    {CKA_SENSITIVE, &t, sizeof(t)}, {CKA_EXTRACTABLE, &f, sizeof(f)},
+	    {CKA_DERIVE, &t, sizeof(t)},    {CKA_SIGN, &f, sizeof(f)},
 	};
 	CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
 	CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
 	CK_RV rv = ctx->f->C_GenerateKeyPair(s->h, &mech, pub_t, 3, priv_t, 6, &pub, &priv);
 	if (rv != CKR_OK)
 		return hsm_s_fail(s, rv, "C_GenerateKeyPair(CKM_EC_KEY_PAIR_GEN, P-256)",
-				    PSC_E_HSM_P11, "cannot make the rekey's ephemeral key", err);
+				  PSC_E_HSM_P11, "cannot make the rekey's ephemeral key", err);
 	uint8_t buf[80];
 	CK_ATTRIBUTE a = {CKA_EC_POINT, buf, sizeof(buf)};
 	rv = ctx->f->C_GetAttributeValue(s->h, pub, &a, 1);
@@ -74,8 +74,8 @@ psc_rc hsm_eph_new(hsm_session *s, hsm_eph **out, psc_err *err)
 		(void)ctx->f->C_DestroyObject(s->h, priv);
 		free(e);
 		if (rv != CKR_OK)
-			return hsm_s_fail(s, rv, "C_GetAttributeValue(CKA_EC_POINT)",
-					    PSC_E_HSM_P11, NULL, err);
+			return hsm_s_fail(s, rv, "C_GetAttributeValue(CKA_EC_POINT)", PSC_E_HSM_P11,
+					  NULL, err);
 		if (!e)
 			return psc_err_set(err, PSC_E_NOMEM, "hsm_eph_new: out of memory");
 		return psc_err_set(err, PSC_E_HSM_P11,
@@ -123,21 +123,21 @@ psc_rc hsm_eph_import(hsm_session *s, const uint8_t priv[32], hsm_eph **out, psc
 	CK_KEY_TYPE kt = CKK_EC;
 	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
 	CK_ATTRIBUTE tmpl[] = {
-		{CKA_CLASS, &cls, sizeof(cls)},
-		{CKA_KEY_TYPE, &kt, sizeof(kt)},
-		{CKA_EC_PARAMS, (void *)p256_oid, sizeof(p256_oid)},
-		{CKA_VALUE, (void *)priv, 32},
-		{CKA_TOKEN, &f, sizeof(f)},
-		{CKA_PRIVATE, &t, sizeof(t)},
-		{CKA_SENSITIVE, &t, sizeof(t)},
-		{CKA_EXTRACTABLE, &f, sizeof(f)},
-		{CKA_DERIVE, &t, sizeof(t)},
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_EC_PARAMS, (void *)p256_oid, sizeof(p256_oid)},
+	    {CKA_VALUE, (void *)priv, 32},
+	    {CKA_TOKEN, &f, sizeof(f)},
+	    {CKA_PRIVATE, &t, sizeof(t)},
+	    {CKA_SENSITIVE, &t, sizeof(t)},
+	    {CKA_EXTRACTABLE, &f, sizeof(f)},
+	    {CKA_DERIVE, &t, sizeof(t)},
 	};
 	CK_RV rv = ctx->f->C_CreateObject(s->h, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &e->priv);
 	if (rv != CKR_OK) {
 		free(e);
-		return hsm_s_fail(s, rv, "C_CreateObject(EC private key)", PSC_E_HSM_P11,
-				    NULL, err);
+		return hsm_s_fail(s, rv, "C_CreateObject(EC private key)", PSC_E_HSM_P11, NULL,
+				  err);
 	}
 	e->s = s;
 	e->gen = s->gen;
@@ -152,8 +152,7 @@ void hsm_eph_free(hsm_eph **pe)
 	hsm_eph *e = *pe;
 	/* Only destroy what the current session generation made; older objects
 	 * died with their session. */
-	if (e->s && e->s->open && e->gen == e->s->gen &&
-	    e->gen == atomic_load(&e->s->ctx->gen))
+	if (e->s && e->s->open && e->gen == e->s->gen && e->gen == atomic_load(&e->s->ctx->gen))
 		(void)e->s->ctx->f->C_DestroyObject(e->s->h, e->priv);
 	free(e);
 	*pe = NULL;
@@ -193,9 +192,9 @@ static psc_rc wrap_rsa(hsm_session *s, const hsm_key *secret, EVP_PKEY *pub, uin
 	 * ~5 us a wrap, a sixth of SoftHSM's own work (bench/hsm_bench.c). */
 	uint8_t nnat[PROTO_KEYWRAP_MAX_WRAPPED], enat[16], nb[PROTO_KEYWRAP_MAX_WRAPPED], eb[16];
 	OSSL_PARAM prm[] = {
-		OSSL_PARAM_construct_BN(OSSL_PKEY_PARAM_RSA_N, nnat, sizeof(nnat)),
-		OSSL_PARAM_construct_BN(OSSL_PKEY_PARAM_RSA_E, enat, sizeof(enat)),
-		OSSL_PARAM_construct_end(),
+	    OSSL_PARAM_construct_BN(OSSL_PKEY_PARAM_RSA_N, nnat, sizeof(nnat)),
+	    OSSL_PARAM_construct_BN(OSSL_PKEY_PARAM_RSA_E, enat, sizeof(enat)),
+	    OSSL_PARAM_construct_end(),
 	};
 	if (EVP_PKEY_get_params(pub, prm) != 1) {
 		ERR_clear_error();
@@ -214,16 +213,16 @@ static psc_rc wrap_rsa(hsm_session *s, const hsm_key *secret, EVP_PKEY *pub, uin
 	CK_KEY_TYPE kt = CKK_RSA;
 	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
 	CK_ATTRIBUTE tmpl[] = {
-		{CKA_CLASS, &cls, sizeof(cls)},	    {CKA_KEY_TYPE, &kt, sizeof(kt)},
-		{CKA_TOKEN, &f, sizeof(f)},	    {CKA_WRAP, &t, sizeof(t)},
-		{CKA_ENCRYPT, &f, sizeof(f)},	    {CKA_VERIFY, &f, sizeof(f)},
-		{CKA_MODULUS, nb, (CK_ULONG)nl},    {CKA_PUBLIC_EXPONENT, (void *)ep, (CK_ULONG)el},
+	    {CKA_CLASS, &cls, sizeof(cls)},  {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_TOKEN, &f, sizeof(f)},	     {CKA_WRAP, &t, sizeof(t)},
+	    {CKA_ENCRYPT, &f, sizeof(f)},    {CKA_VERIFY, &f, sizeof(f)},
+	    {CKA_MODULUS, nb, (CK_ULONG)nl}, {CKA_PUBLIC_EXPONENT, (void *)ep, (CK_ULONG)el},
 	};
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
 	CK_RV rv = ctx->f->C_CreateObject(s->h, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
 	if (rv != CKR_OK)
-		return hsm_s_fail(s, rv, "C_CreateObject(member RSA public key)",
-				    PSC_E_HSM_P11, "the token rejects the member's RSA key", err);
+		return hsm_s_fail(s, rv, "C_CreateObject(member RSA public key)", PSC_E_HSM_P11,
+				  "the token rejects the member's RSA key", err);
 	/* SHA-256 first unless the token already told us it only does SHA-1. */
 	for (;;) {
 		bool sha256 = atomic_load(&ctx->oaep) != HSM_OAEP_SHA1;
@@ -248,7 +247,7 @@ static psc_rc wrap_rsa(hsm_session *s, const hsm_key *secret, EVP_PKEY *pub, uin
 	(void)ctx->f->C_DestroyObject(s->h, h);
 	if (rv != CKR_OK)
 		return hsm_s_fail(s, rv, "C_WrapKey(CKM_RSA_PKCS_OAEP)", PSC_E_HSM_P11,
-				    "cannot wrap the epoch secret to the member's RSA key", err);
+				  "cannot wrap the epoch secret to the member's RSA key", err);
 	return PSC_OK;
 }
 
@@ -259,10 +258,9 @@ static psc_rc member_point(EVP_PKEY *pub, uint8_t out[65], psc_err *err)
 	char group[64] = {0};
 	uint8_t enc[133];
 	OSSL_PARAM prm[] = {
-		OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group)),
-		OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, enc,
-						  sizeof(enc)),
-		OSSL_PARAM_construct_end(),
+	    OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group)),
+	    OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, enc, sizeof(enc)),
+	    OSSL_PARAM_construct_end(),
 	};
 	if (EVP_PKEY_get_params(pub, prm) != 1 || !OSSL_PARAM_modified(&prm[0])) {
 		ERR_clear_error();
@@ -299,10 +297,9 @@ static psc_rc member_point(EVP_PKEY *pub, uint8_t out[65], psc_err *err)
 	return PSC_OK;
 }
 
-static psc_rc wrap_ec(hsm_session *s, const hsm_key *secret, const hsm_eph *eph,
-		      EVP_PKEY *pub, const uint8_t *psc_id, uint64_t epoch,
-		      const uint8_t *node_id, uint8_t *alg_out, uint8_t *wrapped, size_t cap,
-		      size_t *wlen, psc_err *err)
+static psc_rc wrap_ec(hsm_session *s, const hsm_key *secret, const hsm_eph *eph, EVP_PKEY *pub,
+		      const uint8_t *psc_id, uint64_t epoch, const uint8_t *node_id,
+		      uint8_t *alg_out, uint8_t *wrapped, size_t cap, size_t *wlen, psc_err *err)
 {
 	hsm_ctx *ctx = s->ctx;
 	uint8_t point[65], context[PROTO_KEYWRAP_CONTEXT_LEN];
@@ -332,16 +329,16 @@ static psc_rc wrap_ec(hsm_session *s, const hsm_key *secret, const hsm_eph *eph,
 	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
 	/* Z must be an AES key with DERIVE for the ECB step (softhsm-notes.md). */
 	CK_ATTRIBUTE z_t[] = {
-		{CKA_CLASS, &cls, sizeof(cls)},	  {CKA_KEY_TYPE, &aes, sizeof(aes)},
-		{CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &f, sizeof(f)},
-		{CKA_PRIVATE, &t, sizeof(t)},	  {CKA_SENSITIVE, &t, sizeof(t)},
-		{CKA_EXTRACTABLE, &f, sizeof(f)}, {CKA_DERIVE, &t, sizeof(t)},
+	    {CKA_CLASS, &cls, sizeof(cls)},	    {CKA_KEY_TYPE, &aes, sizeof(aes)},
+	    {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &f, sizeof(f)},
+	    {CKA_PRIVATE, &t, sizeof(t)},	    {CKA_SENSITIVE, &t, sizeof(t)},
+	    {CKA_EXTRACTABLE, &f, sizeof(f)},	    {CKA_DERIVE, &t, sizeof(t)},
 	};
 	CK_ATTRIBUTE k_t[] = {
-		{CKA_CLASS, &cls, sizeof(cls)},	  {CKA_KEY_TYPE, &aes, sizeof(aes)},
-		{CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &f, sizeof(f)},
-		{CKA_PRIVATE, &t, sizeof(t)},	  {CKA_SENSITIVE, &t, sizeof(t)},
-		{CKA_EXTRACTABLE, &f, sizeof(f)}, {CKA_WRAP, &t, sizeof(t)},
+	    {CKA_CLASS, &cls, sizeof(cls)},	    {CKA_KEY_TYPE, &aes, sizeof(aes)},
+	    {CKA_VALUE_LEN, &len32, sizeof(len32)}, {CKA_TOKEN, &f, sizeof(f)},
+	    {CKA_PRIVATE, &t, sizeof(t)},	    {CKA_SENSITIVE, &t, sizeof(t)},
+	    {CKA_EXTRACTABLE, &f, sizeof(f)},	    {CKA_WRAP, &t, sizeof(t)},
 	};
 	CK_ECDH1_DERIVE_PARAMS ep = {CKD_NULL, 0, NULL, sizeof(point), point};
 	CK_MECHANISM m1 = {CKM_ECDH1_DERIVE, &ep, sizeof(ep)};
@@ -349,23 +346,23 @@ static psc_rc wrap_ec(hsm_session *s, const hsm_key *secret, const hsm_eph *eph,
 	CK_RV rv = ctx->f->C_DeriveKey(s->h, &m1, eph->priv, z_t, 8, &z);
 	if (rv != CKR_OK)
 		return hsm_s_fail(s, rv, "C_DeriveKey(CKM_ECDH1_DERIVE)",
-				    rv == CKR_MECHANISM_PARAM_INVALID ? PSC_E_HSM_BAD_PUBKEY
-								      : PSC_E_HSM_P11,
-				    "ECDH with the member's P-256 key failed", err);
+				  rv == CKR_MECHANISM_PARAM_INVALID ? PSC_E_HSM_BAD_PUBKEY
+								    : PSC_E_HSM_P11,
+				  "ECDH with the member's P-256 key failed", err);
 	CK_KEY_DERIVATION_STRING_DATA sd = {context, sizeof(context)};
 	CK_MECHANISM m2 = {CKM_AES_ECB_ENCRYPT_DATA, &sd, sizeof(sd)};
 	rv = ctx->f->C_DeriveKey(s->h, &m2, z, k_t, 8, &kek);
 	(void)ctx->f->C_DestroyObject(s->h, z);
 	if (rv != CKR_OK)
-		return hsm_s_fail(s, rv, "C_DeriveKey(CKM_AES_ECB_ENCRYPT_DATA)",
-				    PSC_E_HSM_P11, "AES-PRF KEK derivation failed", err);
+		return hsm_s_fail(s, rv, "C_DeriveKey(CKM_AES_ECB_ENCRYPT_DATA)", PSC_E_HSM_P11,
+				  "AES-PRF KEK derivation failed", err);
 	CK_MECHANISM m3 = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 	CK_ULONG wl = (CK_ULONG)cap;
 	rv = ctx->f->C_WrapKey(s->h, &m3, kek, secret->handle, wrapped, &wl);
 	(void)ctx->f->C_DestroyObject(s->h, kek);
 	if (rv != CKR_OK)
 		return hsm_s_fail(s, rv, "C_WrapKey(CKM_AES_KEY_WRAP_PAD)", PSC_E_HSM_P11,
-				    "cannot wrap the epoch secret under the member KEK", err);
+				  "cannot wrap the epoch secret under the member KEK", err);
 	if (wl != PROTO_KEYWRAP_KWP_LEN)
 		return psc_err_set(err, PSC_E_HSM_P11,
 				   "C_WrapKey(CKM_AES_KEY_WRAP_PAD) gave %lu bytes, expected %d",
@@ -377,9 +374,8 @@ static psc_rc wrap_ec(hsm_session *s, const hsm_key *secret, const hsm_eph *eph,
 
 psc_rc hsm_wrap_for_member(hsm_session *s, const hsm_key *secret, const hsm_eph *eph,
 			   EVP_PKEY *member_public, const uint8_t psc_id[PSC_PSC_ID_LEN],
-			   uint64_t epoch, const uint8_t node_id[PSC_NODE_ID_LEN],
-			   uint8_t *alg_out, uint8_t *wrapped, size_t wrapped_cap,
-			   size_t *wrapped_len, psc_err *err)
+			   uint64_t epoch, const uint8_t node_id[PSC_NODE_ID_LEN], uint8_t *alg_out,
+			   uint8_t *wrapped, size_t wrapped_cap, size_t *wrapped_len, psc_err *err)
 {
 	if (!member_public || !psc_id || !node_id || !alg_out || !wrapped || !wrapped_len)
 		return psc_err_set(err, PSC_E_INVALID_ARG, "hsm_wrap_for_member: missing argument");

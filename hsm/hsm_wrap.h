@@ -32,8 +32,7 @@ psc_rc hsm_eph_new(hsm_session *s, hsm_eph **out, psc_err *err) PSC_WUR;
  * Known-answer use only (self-tests, docs/keywrap.md's test vector): the same,
  * with a caller-chosen private scalar imported as a sensitive session key.
  */
-psc_rc hsm_eph_import(hsm_session *s, const uint8_t priv[32], hsm_eph **out,
-		      psc_err *err) PSC_WUR;
+psc_rc hsm_eph_import(hsm_session *s, const uint8_t priv[32], hsm_eph **out, psc_err *err) PSC_WUR;
 /* Destroys the HSM key pair and frees; NULL-safe. Call it from the worker that
  * owns the session it was made on (it uses that session). */
 void hsm_eph_free(hsm_eph **eph);
@@ -52,8 +51,8 @@ const uint8_t *hsm_eph_public(const hsm_eph *eph);
  */
 psc_rc hsm_wrap_for_member(hsm_session *s, const hsm_key *secret, const hsm_eph *eph,
 			   EVP_PKEY *member_public, const uint8_t psc_id[PSC_PSC_ID_LEN],
-			   uint64_t epoch, const uint8_t node_id[PSC_NODE_ID_LEN],
-			   uint8_t *alg_out, uint8_t *wrapped, size_t wrapped_cap,
-			   size_t *wrapped_len, psc_err *err) PSC_WUR;
+			   uint64_t epoch, const uint8_t node_id[PSC_NODE_ID_LEN], uint8_t *alg_out,
+			   uint8_t *wrapped, size_t wrapped_cap, size_t *wrapped_len,
+			   psc_err *err) PSC_WUR;
 
 #endif

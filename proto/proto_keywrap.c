@@ -25,8 +25,7 @@ const char *proto_keywrap_alg_name(uint8_t wrap_alg)
 
 psc_rc proto_keywrap_context(const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t epoch,
 			     const uint8_t node_id[PSC_NODE_ID_LEN], const uint8_t *eph_pub,
-			     size_t eph_len, uint8_t out[PROTO_KEYWRAP_CONTEXT_LEN],
-			     psc_err *err)
+			     size_t eph_len, uint8_t out[PROTO_KEYWRAP_CONTEXT_LEN], psc_err *err)
 {
 	if (!psc_id || !node_id || !out)
 		return psc_err_set(err, PSC_E_INVALID_ARG, "keywrap context: missing argument");
@@ -133,10 +132,9 @@ static psc_rc unwrap_ec(EVP_PKEY *priv, const uint8_t *psc_id, uint64_t epoch,
 	EVP_PKEY *peer = NULL;
 	EVP_PKEY_CTX *ictx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
 	OSSL_PARAM params[] = {
-		OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0),
-		OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)eph_pub,
-						  eph_len),
-		OSSL_PARAM_construct_end(),
+	    OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0),
+	    OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)eph_pub, eph_len),
+	    OSSL_PARAM_construct_end(),
 	};
 	if (!ictx || EVP_PKEY_fromdata_init(ictx) != 1 ||
 	    EVP_PKEY_fromdata(ictx, &peer, EVP_PKEY_PUBLIC_KEY, params) != 1) {
@@ -181,10 +179,9 @@ static psc_rc unwrap_rsa(EVP_PKEY *priv, uint8_t alg, const uint8_t *wrapped, si
 				   "RSA member key of %d bits: %d..%d supported", bits,
 				   PROTO_KEYWRAP_RSA_MIN_BITS, PROTO_KEYWRAP_RSA_MAX_BITS);
 	if (wrapped_len != (size_t)EVP_PKEY_get_size(priv))
-		return psc_err_set(err, PSC_E_UNWRAP,
-				   "%s: wrapped secret is %zu bytes, the key's modulus is %d",
-				   proto_keywrap_alg_name(alg), wrapped_len,
-				   EVP_PKEY_get_size(priv));
+		return psc_err_set(
+		    err, PSC_E_UNWRAP, "%s: wrapped secret is %zu bytes, the key's modulus is %d",
+		    proto_keywrap_alg_name(alg), wrapped_len, EVP_PKEY_get_size(priv));
 	const EVP_MD *md = alg == PSC_WRAP_RSA_OAEP_SHA1 ? EVP_sha1() : EVP_sha256();
 	uint8_t buf[PROTO_KEYWRAP_MAX_WRAPPED];
 	size_t outl = sizeof(buf);

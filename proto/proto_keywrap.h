@@ -21,9 +21,9 @@
 #include "psc_codes.h"
 #include "psc_rc.h"
 
-#define PROTO_KEYWRAP_CONTEXT_LEN 32 /* SHA-256 output */
+#define PROTO_KEYWRAP_CONTEXT_LEN 32  /* SHA-256 output */
 #define PROTO_KEYWRAP_EC_POINT_LEN 65 /* uncompressed P-256 point 04||X||Y */
-#define PROTO_KEYWRAP_KWP_LEN 40 /* RFC 5649 wrap of a 32-byte secret */
+#define PROTO_KEYWRAP_KWP_LEN 40      /* RFC 5649 wrap of a 32-byte secret */
 #define PROTO_KEYWRAP_RSA_MIN_BITS 2048
 #define PROTO_KEYWRAP_RSA_MAX_BITS 8192
 #define PROTO_KEYWRAP_MAX_WRAPPED (PROTO_KEYWRAP_RSA_MAX_BITS / 8)

@@ -176,7 +176,8 @@ static CK_RV pf_check(const char *func, enum pf_kind kind, CK_ULONG id)
 			rv = pf.rules[i].rv;
 	if (rv == CKR_OK && pf.absent)
 		rv = kind == PF_SESSION ? pf.absent_rv
-				       : kind == PF_SLOT ? CKR_TOKEN_NOT_PRESENT : CKR_OK;
+		     : kind == PF_SLOT	? CKR_TOKEN_NOT_PRESENT
+					: CKR_OK;
 	if (kind == PF_SESSION) {
 		int i = find_locked(id);
 		if (rv == CKR_OK && i >= 0 && pf_sess[i].dead)
@@ -220,8 +221,7 @@ static CK_RV w_C_Finalize(void *reserved)
 	return rv;
 }
 
-static CK_RV w_C_GetSlotList(unsigned char token_present, CK_SLOT_ID *list,
-			     unsigned long *count)
+static CK_RV w_C_GetSlotList(unsigned char token_present, CK_SLOT_ID *list, unsigned long *count)
 {
 	CK_RV f = pf_check("C_GetSlotList", PF_GLOBAL, 0);
 	if (f != CKR_OK)
@@ -305,7 +305,7 @@ static CK_RV w_C_CloseSession(CK_SESSION_HANDLE h)
 		pf_sess[i] = pf_sess[--pf_nsess];
 	pthread_mutex_unlock(&pf_lock);
 	CK_RV f = pf_check("C_CloseSession", PF_SESSION, h); /* untracked now: no inflight */
-	CK_RV rv = pf_real->C_CloseSession(h); /* always free the real session */
+	CK_RV rv = pf_real->C_CloseSession(h);		     /* always free the real session */
 	return f != CKR_OK ? f : rv;
 }
 
@@ -329,10 +329,10 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST **out)
 	CK_RV rv = CKR_OK;
 	if (!pf_real) {
 		const char *path = getenv("P11FAULT_MODULE");
-		pf_dl = dlopen(path && *path ? path : P11FAULT_DEFAULT_MODULE,
-			       RTLD_NOW | RTLD_LOCAL);
+		pf_dl =
+		    dlopen(path && *path ? path : P11FAULT_DEFAULT_MODULE, RTLD_NOW | RTLD_LOCAL);
 		CK_C_GetFunctionList gfl =
-			pf_dl ? (CK_C_GetFunctionList)dlsym(pf_dl, "C_GetFunctionList") : NULL;
+		    pf_dl ? (CK_C_GetFunctionList)dlsym(pf_dl, "C_GetFunctionList") : NULL;
 		rv = gfl ? gfl(&pf_real) : CKR_GENERAL_ERROR;
 		if (rv == CKR_OK) {
 			pf_list.version = pf_real->version;

@@ -14,12 +14,12 @@ int th_open(th_env *e, const char *label, const char *module, unsigned sessions)
 	if (pt_token_new(&e->tok, label) != 0)
 		return -1;
 	hsm_config cfg = {
-		.module_path = module ? module : e->tok->module,
-		.token_label = e->tok->label,
-		.pin = e->tok->pin,
-		.sessions = sessions,
-		.retry_ms = 200,
-		.allow_no_kek = true,
+	    .module_path = module ? module : e->tok->module,
+	    .token_label = e->tok->label,
+	    .pin = e->tok->pin,
+	    .sessions = sessions,
+	    .retry_ms = 200,
+	    .allow_no_kek = true,
 	};
 	psc_err err = {0};
 	if (hsm_ctx_new(&e->ctx, &cfg, &err) != PSC_OK) {
@@ -77,8 +77,7 @@ CK_FUNCTION_LIST *th_p11(const char *module)
 	/* Same path as the ctx: dlopen returns the already loaded, initialised
 	 * module, so this view shares its login. Never dlclosed (test process). */
 	void *dl = dlopen(module, RTLD_NOW | RTLD_LOCAL);
-	CK_C_GetFunctionList gfl = dl ? (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList")
-				      : NULL;
+	CK_C_GetFunctionList gfl = dl ? (CK_C_GetFunctionList)dlsym(dl, "C_GetFunctionList") : NULL;
 	CK_FUNCTION_LIST *f = NULL;
 	if (!gfl || gfl(&f) != CKR_OK)
 		return NULL;
@@ -99,8 +98,8 @@ CK_SESSION_HANDLE th_p11_session(CK_FUNCTION_LIST *f, const char *label)
 		if (memcmp(ti.label, label, l) != 0 || ti.label[l] != ' ')
 			continue;
 		CK_SESSION_HANDLE h;
-		if (f->C_OpenSession(ids[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
-				     &h) == CKR_OK)
+		if (f->C_OpenSession(ids[i], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h) ==
+		    CKR_OK)
 			return h;
 	}
 	return CK_INVALID_HANDLE;
@@ -122,10 +121,10 @@ int th_import_secret(th_env *e, const uint8_t secret[32], hsm_key *out)
 	CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
 	CK_BBOOL t = CK_TRUE, fa = CK_FALSE;
 	CK_ATTRIBUTE tmpl[] = {
-		{CKA_CLASS, &cls, sizeof(cls)},	  {CKA_KEY_TYPE, &kt, sizeof(kt)},
-		{CKA_VALUE, (void *)secret, 32},  {CKA_TOKEN, &fa, sizeof(fa)},
-		{CKA_SENSITIVE, &t, sizeof(t)},	  {CKA_EXTRACTABLE, &t, sizeof(t)},
-		{CKA_PRIVATE, &t, sizeof(t)},
+	    {CKA_CLASS, &cls, sizeof(cls)},  {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_VALUE, (void *)secret, 32}, {CKA_TOKEN, &fa, sizeof(fa)},
+	    {CKA_SENSITIVE, &t, sizeof(t)},  {CKA_EXTRACTABLE, &t, sizeof(t)},
+	    {CKA_PRIVATE, &t, sizeof(t)},
 	};
 	CK_OBJECT_HANDLE obj;
 	/* The object must outlive this helper's session: create it on a session

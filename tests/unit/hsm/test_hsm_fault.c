@@ -81,8 +81,7 @@ static double ms_since(const struct timespec *t0)
 }
 
 /* Wraps k for peer1 and unwraps it in OpenSSL. */
-static psc_rc peer1_secret(fx *f, hsm_session *s, const hsm_key *k, uint8_t out[32],
-			   psc_err *err)
+static psc_rc peer1_secret(fx *f, hsm_session *s, const hsm_key *k, uint8_t out[32], psc_err *err)
 {
 	hsm_eph *eph = NULL;
 	psc_rc rc = hsm_eph_new(s, &eph, err);
@@ -260,7 +259,6 @@ static void token_absent_then_present(void **state)
 	assert_true(sign_ok(f->e.ctx));
 }
 
-
 /* Four workers, each on its own session, through faults injected under them. */
 struct worker {
 	hsm_ctx *ctx;
@@ -359,8 +357,13 @@ static void workers_ride_through_faults(void **state)
 	pthread_t th[4];
 	for (unsigned i = 0; i < 4; i++) {
 		memset(&w[i], 0, sizeof(w[i]));
-		w[i] = (struct worker){.ctx = f->e.ctx, .idx = i, .blob = blob, .ref = ref,
-				       .pub = pub, .priv = priv, .stop = &stop};
+		w[i] = (struct worker){.ctx = f->e.ctx,
+				       .idx = i,
+				       .blob = blob,
+				       .ref = ref,
+				       .pub = pub,
+				       .priv = priv,
+				       .stop = &stop};
 		assert_int_equal(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
 	}
 	usleep(300 * 1000);
@@ -425,8 +428,11 @@ static void failed_ceremony_leaves_nothing_behind(void **state)
 	fclose(fp);
 	pt_token *tok = NULL;
 	assert_int_equal(pt_token_new(&tok, "psc"), 0);
-	hsm_config c = {.module_path = P11FAULT_PATH, .token_label = "psc", .pin = tok->pin,
-			.sessions = 1, .allow_no_kek = true};
+	hsm_config c = {.module_path = P11FAULT_PATH,
+			.token_label = "psc",
+			.pin = tok->pin,
+			.sessions = 1,
+			.allow_no_kek = true};
 	hsm_ctx *ctx = NULL;
 	psc_err err = {0};
 	assert_int_equal(hsm_ctx_new(&ctx, &c, &err), PSC_OK);
@@ -464,8 +470,11 @@ static void sessions_are_sized_by_the_token(void **state)
 	fclose(fp);
 	pt_token *tok = NULL;
 	assert_int_equal(pt_token_new(&tok, "psc"), 0);
-	hsm_config c = {.module_path = P11FAULT_PATH, .token_label = "psc", .pin = tok->pin,
-			.sessions = 8, .allow_no_kek = true};
+	hsm_config c = {.module_path = P11FAULT_PATH,
+			.token_label = "psc",
+			.pin = tok->pin,
+			.sessions = 8,
+			.allow_no_kek = true};
 	hsm_ctx *ctx = NULL;
 	psc_err err = {0};
 	assert_int_equal(hsm_ctx_new(&ctx, &c, &err), PSC_OK);
@@ -489,17 +498,16 @@ static void sessions_are_sized_by_the_token(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(healthy_path_through_the_fault_module, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(session_invalidated_reopens_without_restart, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(device_removed_fails_fast_and_comes_back, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(token_absent_then_present, setup, teardown),
-		cmocka_unit_test_setup_teardown(workers_ride_through_faults, setup, teardown),
-		cmocka_unit_test_setup_teardown(a_rejected_pin_is_never_retried, setup, teardown),
-		cmocka_unit_test(failed_ceremony_leaves_nothing_behind),
-		cmocka_unit_test(sessions_are_sized_by_the_token),
+	    cmocka_unit_test_setup_teardown(healthy_path_through_the_fault_module, setup, teardown),
+	    cmocka_unit_test_setup_teardown(session_invalidated_reopens_without_restart, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(device_removed_fails_fast_and_comes_back, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(token_absent_then_present, setup, teardown),
+	    cmocka_unit_test_setup_teardown(workers_ride_through_faults, setup, teardown),
+	    cmocka_unit_test_setup_teardown(a_rejected_pin_is_never_retried, setup, teardown),
+	    cmocka_unit_test(failed_ceremony_leaves_nothing_behind),
+	    cmocka_unit_test(sessions_are_sized_by_the_token),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

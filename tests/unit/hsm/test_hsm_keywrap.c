@@ -79,9 +79,9 @@ static void compute(struct vec *v)
 	assert_int_equal(zl, 32);
 	EVP_PKEY_CTX_free(d);
 	psc_err err;
-	assert_int_equal(proto_keywrap_context(v->psc_id, V_EPOCH, v->node_id, v->eph_pub, 65,
-					       v->context, &err),
-			 PSC_OK);
+	assert_int_equal(
+	    proto_keywrap_context(v->psc_id, V_EPOCH, v->node_id, v->eph_pub, 65, v->context, &err),
+	    PSC_OK);
 	assert_int_equal(proto_keywrap_kek(v->z, v->context, v->kek, &err), PSC_OK);
 	EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
 	EVP_CIPHER_CTX_set_flags(c, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
@@ -159,12 +159,12 @@ static void vector_matches_the_doc(void **state)
 		const uint8_t *want;
 		size_t n;
 	} f[] = {
-		{"member_priv", v.member_priv, 32}, {"member_pub", v.member_pub, 65},
-		{"eph_priv", v.eph_priv, 32},	    {"eph_pub", v.eph_pub, 65},
-		{"psc_id", v.psc_id, 16},	    {"node_id", v.node_id, 16},
-		{"secret", v.secret, 32},	    {"z", v.z, 32},
-		{"context", v.context, 32},	    {"kek", v.kek, 32},
-		{"wrapped", v.wrapped, 40},
+	    {"member_priv", v.member_priv, 32}, {"member_pub", v.member_pub, 65},
+	    {"eph_priv", v.eph_priv, 32},	{"eph_pub", v.eph_pub, 65},
+	    {"psc_id", v.psc_id, 16},		{"node_id", v.node_id, 16},
+	    {"secret", v.secret, 32},		{"z", v.z, 32},
+	    {"context", v.context, 32},		{"kek", v.kek, 32},
+	    {"wrapped", v.wrapped, 40},
 	};
 	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
 		uint8_t got[128];
@@ -241,9 +241,9 @@ static void hsm_path_reproduces_the_vector(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(vector_matches_the_doc),
-		cmocka_unit_test(peer_unwrap_recovers_the_vector_secret),
-		cmocka_unit_test(hsm_path_reproduces_the_vector),
+	    cmocka_unit_test(vector_matches_the_doc),
+	    cmocka_unit_test(peer_unwrap_recovers_the_vector_secret),
+	    cmocka_unit_test(hsm_path_reproduces_the_vector),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

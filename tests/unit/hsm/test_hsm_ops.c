@@ -94,8 +94,11 @@ static void master_kek_and_epoch_secrets_cannot_be_read(void **state)
 	assert_int_equal(n, 1);
 	CK_BBOOL tok = 0, never = 0, wrap = 0, enc = 1;
 	uint8_t id[32];
-	CK_ATTRIBUTE a[] = {{CKA_TOKEN, &tok, 1}, {CKA_NEVER_EXTRACTABLE, &never, 1},
-			    {CKA_WRAP, &wrap, 1}, {CKA_ENCRYPT, &enc, 1}, {CKA_ID, id, 32}};
+	CK_ATTRIBUTE a[] = {{CKA_TOKEN, &tok, 1},
+			    {CKA_NEVER_EXTRACTABLE, &never, 1},
+			    {CKA_WRAP, &wrap, 1},
+			    {CKA_ENCRYPT, &enc, 1},
+			    {CKA_ID, id, 32}};
 	assert_int_equal(f->C_GetAttributeValue(s, kek, a, 5), CKR_OK);
 	assert_true(tok && never && wrap && !enc);
 	assert_int_equal(a[4].ulValueLen, HSM_KEK_ID_LEN);
@@ -200,9 +203,8 @@ static void hsm_wrap_openssl_unwrap_rsa_and_ec_agree(void **state)
 	assert_memory_not_equal(r1, zero, 32);
 
 	/* Tampering, another member's key, or another context all fail cleanly. */
-	EVP_PKEY *pub1 = th_cert_pub("peer1"), *priv1 = th_priv("peer1"),
-		 *priv2 = th_priv("peer2"), *rsapub = th_cert_pub("rsa1"),
-		 *rsapriv2 = th_priv("rsa2");
+	EVP_PKEY *pub1 = th_cert_pub("peer1"), *priv1 = th_priv("peer1"), *priv2 = th_priv("peer2"),
+		 *rsapub = th_cert_pub("rsa1"), *rsapriv2 = th_priv("rsa2");
 	uint8_t nid1[16], w[PROTO_KEYWRAP_MAX_WRAPPED], out[32], alg;
 	size_t wl;
 	assert_int_equal(pt_ca_nodeid("peer1", nid1), 0);
@@ -210,25 +212,25 @@ static void hsm_wrap_openssl_unwrap_rsa_and_ec_agree(void **state)
 					     sizeof(w), &wl, &err),
 			 PSC_OK);
 	assert_int_equal(wl, PROTO_KEYWRAP_KWP_LEN);
-	assert_int_equal(proto_keywrap_unwrap(priv2, alg, PSC_ID, EPOCH, nid1, pt, 65, w, wl,
-					      out, &err),
-			 PSC_E_UNWRAP);
-	assert_int_equal(proto_keywrap_unwrap(priv1, alg, PSC_ID, EPOCH + 1, nid1, pt, 65, w,
-					      wl, out, &err),
-			 PSC_E_UNWRAP);
+	assert_int_equal(
+	    proto_keywrap_unwrap(priv2, alg, PSC_ID, EPOCH, nid1, pt, 65, w, wl, out, &err),
+	    PSC_E_UNWRAP);
+	assert_int_equal(
+	    proto_keywrap_unwrap(priv1, alg, PSC_ID, EPOCH + 1, nid1, pt, 65, w, wl, out, &err),
+	    PSC_E_UNWRAP);
 	assert_true(th_has(err.detail, "integrity"));
 	w[5] ^= 1;
-	assert_int_equal(proto_keywrap_unwrap(priv1, alg, PSC_ID, EPOCH, nid1, pt, 65, w, wl,
-					      out, &err),
-			 PSC_E_UNWRAP);
+	assert_int_equal(
+	    proto_keywrap_unwrap(priv1, alg, PSC_ID, EPOCH, nid1, pt, 65, w, wl, out, &err),
+	    PSC_E_UNWRAP);
 	assert_memory_equal(out, zero, 32);
-	assert_int_equal(hsm_wrap_for_member(e->s, &k, NULL, rsapub, PSC_ID, EPOCH, nid1, &alg,
-					     w, sizeof(w), &wl, &err),
+	assert_int_equal(hsm_wrap_for_member(e->s, &k, NULL, rsapub, PSC_ID, EPOCH, nid1, &alg, w,
+					     sizeof(w), &wl, &err),
 			 PSC_OK);
 	assert_int_equal(wl, 256);
-	assert_int_equal(proto_keywrap_unwrap(rsapriv2, alg, PSC_ID, EPOCH, nid1, NULL, 0, w, wl,
-					      out, &err),
-			 PSC_E_UNWRAP);
+	assert_int_equal(
+	    proto_keywrap_unwrap(rsapriv2, alg, PSC_ID, EPOCH, nid1, NULL, 0, w, wl, out, &err),
+	    PSC_E_UNWRAP);
 	/* The algorithm id must match the key. */
 	assert_int_equal(proto_keywrap_unwrap(priv1, PSC_WRAP_RSA_OAEP_SHA1, PSC_ID, EPOCH, nid1,
 					      NULL, 0, w, wl, out, &err),
@@ -273,11 +275,11 @@ static void known_secret_reaches_members_byte_for_byte(void **state)
 							 enc, sizeof(enc), &encl),
 			 1);
 	OSSL_PARAM prm[] = {
-		OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0),
-		OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, enc, encl),
-		OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
-						 "compressed", 0),
-		OSSL_PARAM_construct_end(),
+	    OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0),
+	    OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, enc, encl),
+	    OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_EC_POINT_CONVERSION_FORMAT,
+					     "compressed", 0),
+	    OSSL_PARAM_construct_end(),
 	};
 	EVP_PKEY_CTX *fc = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
 	EVP_PKEY *cmp = NULL;
@@ -338,9 +340,9 @@ static void unsupported_and_malformed_member_keys(void **state)
 
 	/* Output buffer too small for the modulus is refused, not truncated. */
 	EVP_PKEY *rsa = th_cert_pub("rsa1");
-	assert_int_equal(hsm_wrap_for_member(e->s, &k, eph, rsa, PSC_ID, EPOCH, nid, &alg, w, 100,
-					     &wl, &err),
-			 PSC_E_INVALID_ARG);
+	assert_int_equal(
+	    hsm_wrap_for_member(e->s, &k, eph, rsa, PSC_ID, EPOCH, nid, &alg, w, 100, &wl, &err),
+	    PSC_E_INVALID_ARG);
 	EVP_PKEY_free(rsa);
 
 	/* Peer side: malformed ephemeral points. */
@@ -355,9 +357,9 @@ static void unsupported_and_malformed_member_keys(void **state)
 					      nid, hsm_eph_public(eph), 33, w, 40, out, &err),
 			 PSC_E_BAD_VALUE);
 	assert_true(th_has(err.detail, "65-byte"));
-	assert_int_equal(proto_keywrap_unwrap(priv1, 9, PSC_ID, EPOCH, nid, NULL, 0, w, 40, out,
-					      &err),
-			 PSC_E_UNSUPPORTED_ALG);
+	assert_int_equal(
+	    proto_keywrap_unwrap(priv1, 9, PSC_ID, EPOCH, nid, NULL, 0, w, 40, out, &err),
+	    PSC_E_UNSUPPORTED_ALG);
 	EVP_PKEY_free(priv1);
 	hsm_eph_free(&eph);
 	assert_int_equal(hsm_key_destroy(e->s, &k, &err), PSC_OK);
@@ -384,8 +386,7 @@ static void corrupted_blobs_are_refused_with_reasons(void **state)
 	for (size_t i = 17; i < HSM_EPOCH_BLOB_LEN; i += 7) {
 		memcpy(b, blob, sizeof(b));
 		b[i] ^= 0x01;
-		assert_int_equal(hsm_epoch_load(e->s, b, sizeof(b), &k2, &err),
-				 PSC_E_HSM_UNWRAP);
+		assert_int_equal(hsm_epoch_load(e->s, b, sizeof(b), &k2, &err), PSC_E_HSM_UNWRAP);
 	}
 	assert_true(th_has(err.detail, "C_UnwrapKey"));
 	assert_int_equal(hsm_key_destroy(e->s, &k, &err), PSC_OK);
@@ -434,8 +435,7 @@ static void blob_from_another_token_does_not_unwrap(void **state)
 	assert_int_equal(th_open(&e, "psc", NULL, 1), 0);
 	psc_err err = {0};
 	hsm_key k;
-	assert_int_equal(hsm_epoch_load(e.s, other, sizeof(other), &k, &err),
-			 PSC_E_HSM_WRONG_KEK);
+	assert_int_equal(hsm_epoch_load(e.s, other, sizeof(other), &k, &err), PSC_E_HSM_WRONG_KEK);
 	assert_true(th_has(err.detail, "does not hold"));
 	/* Even relabelled with our KEK id, the other token's wrap fails integrity. */
 	memcpy(other + 1, e.kek_id, HSM_KEK_ID_LEN);
@@ -569,8 +569,8 @@ static void open_errors_say_what_to_do(void **state)
 	assert_int_equal(pt_token_new(&tok, "psc"), 0);
 	hsm_ctx *ctx = NULL;
 	psc_err err = {0};
-	hsm_config c = {.module_path = tok->module, .token_label = "psc", .pin = "9999",
-			.sessions = 2};
+	hsm_config c = {
+	    .module_path = tok->module, .token_label = "psc", .pin = "9999", .sessions = 2};
 	assert_int_equal(hsm_ctx_new(&ctx, &c, &err), PSC_E_HSM_PIN);
 	assert_null(ctx);
 	assert_true(th_has(err.detail, "CKR_PIN_INCORRECT"));
@@ -621,8 +621,7 @@ static void ckr_names(void **state)
 	assert_string_equal(hsm_ckr_name(CKR_OK), "CKR_OK");
 	assert_string_equal(hsm_ckr_name(CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT");
 	assert_string_equal(hsm_ckr_name(CKR_DEVICE_REMOVED), "CKR_DEVICE_REMOVED");
-	assert_string_equal(hsm_ckr_name(CKR_SESSION_HANDLE_INVALID),
-			    "CKR_SESSION_HANDLE_INVALID");
+	assert_string_equal(hsm_ckr_name(CKR_SESSION_HANDLE_INVALID), "CKR_SESSION_HANDLE_INVALID");
 	assert_string_equal(hsm_ckr_name(CKR_WRAPPED_KEY_INVALID), "CKR_WRAPPED_KEY_INVALID");
 	assert_string_equal(hsm_ckr_name(CKR_VENDOR_DEFINED + 5), "CKR_VENDOR_DEFINED");
 	assert_string_equal(hsm_ckr_name(0x7777), "CKR_(unknown)");
@@ -631,25 +630,24 @@ static void ckr_names(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(master_kek_and_epoch_secrets_cannot_be_read, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(generate_store_load_gives_the_same_secret, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(hsm_wrap_openssl_unwrap_rsa_and_ec_agree, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(known_secret_reaches_members_byte_for_byte, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(unsupported_and_malformed_member_keys, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(corrupted_blobs_are_refused_with_reasons, setup,
-						teardown),
-		cmocka_unit_test(blob_from_another_token_does_not_unwrap),
-		cmocka_unit_test_setup_teardown(ceremony_refuses_to_overwrite_and_rotates_when_told,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(identity_csr_and_signing_keys, setup, teardown),
-		cmocka_unit_test_setup_teardown(random_and_sessions, setup, teardown),
-		cmocka_unit_test(open_errors_say_what_to_do),
-		cmocka_unit_test(ckr_names),
+	    cmocka_unit_test_setup_teardown(master_kek_and_epoch_secrets_cannot_be_read, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(generate_store_load_gives_the_same_secret, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(hsm_wrap_openssl_unwrap_rsa_and_ec_agree, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(known_secret_reaches_members_byte_for_byte, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(unsupported_and_malformed_member_keys, setup, teardown),
+	    cmocka_unit_test_setup_teardown(corrupted_blobs_are_refused_with_reasons, setup,
+					    teardown),
+	    cmocka_unit_test(blob_from_another_token_does_not_unwrap),
+	    cmocka_unit_test_setup_teardown(ceremony_refuses_to_overwrite_and_rotates_when_told,
+					    setup, teardown),
+	    cmocka_unit_test_setup_teardown(identity_csr_and_signing_keys, setup, teardown),
+	    cmocka_unit_test_setup_teardown(random_and_sessions, setup, teardown),
+	    cmocka_unit_test(open_errors_say_what_to_do),
+	    cmocka_unit_test(ckr_names),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
