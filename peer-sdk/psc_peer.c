@@ -185,9 +185,10 @@ psc_rc psc_peer_new(psc_peer **out, const psc_peer_config *cfg, psc_err *err)
 		return psc_err_set(err, PSC_E_PEER_CONFIG,
 				   "data endpoint is %zu bytes; at most %d are allowed",
 				   strlen(cfg->data_endpoint), PSC_MAX_ENDPOINT);
-	if (cfg->request_timeout_ms < 0 || cfg->freshness_ms < 0)
+	if (cfg->request_timeout_ms < 0 || cfg->decision_timeout_ms < 0 || cfg->freshness_ms < 0)
 		return psc_err_set(err, PSC_E_PEER_CONFIG,
-				   "request_timeout_ms and freshness_ms must not be negative");
+				   "request_timeout_ms, decision_timeout_ms and freshness_ms must "
+				   "not be negative");
 
 	psc_peer *p = calloc(1, sizeof(*p));
 	if (!p)
@@ -197,6 +198,8 @@ psc_rc psc_peer_new(psc_peer **out, const psc_peer_config *cfg, psc_err *err)
 	p->data_endpoint = dup_str(cfg->data_endpoint ? cfg->data_endpoint : "");
 	p->request_timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms
 							: PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS;
+	p->decision_timeout_ms = cfg->decision_timeout_ms ? cfg->decision_timeout_ms
+							  : PSC_PEER_DEFAULT_DECISION_TIMEOUT_MS;
 	p->freshness_ms = (uint64_t)(cfg->freshness_ms ? cfg->freshness_ms
 						       : PSC_PEER_DEFAULT_FRESHNESS_MS);
 	p->auto_reconnect = cfg->auto_reconnect;

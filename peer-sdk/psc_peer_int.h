@@ -30,6 +30,7 @@ struct psc_peer {
 	char *overlay;
 	char *data_endpoint;
 	int request_timeout_ms;
+	int decision_timeout_ms;
 	uint64_t freshness_ms;
 	int auto_reconnect;
 	psc_peer_callbacks cb;

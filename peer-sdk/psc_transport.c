@@ -262,6 +262,9 @@ static void handle_frame(psc_peer *p, uint8_t *buf, size_t len, pending *pd)
 	}
 	if (is_req) {
 		if (m.has_dest_node && memcmp(m.dest_node, p->node_id, PSC_NODE_ID_LEN) != 0) {
+			reject(p, PSC_E_NODE_ID_MISMATCH,
+			       "refused a KMS request addressed to another Node-ID (transaction "
+			       "%016llx)", (unsigned long long)m.transaction_id);
 			psc_sdk_send_error(p, &m, PSC_RERR_FORBIDDEN, PSC_REASON_NONE,
 						 "request is addressed to another Node-ID");
 			goto drop;
@@ -386,6 +389,21 @@ static psc_rc map_error(psc_peer *p, const psc_answer *a, uint16_t req_code, psc
 			   le->code_name, reason, le->text[0] ? ": " : "", le->text);
 }
 
+/* Requests whose answer waits for another party's decision or liveness. */
+static int waits_on_others(const psc_body *req)
+{
+	switch (req->code) {
+	case PSC_MSG_JOIN_REQ:
+	case PSC_MSG_INVITE_INIT_REQ:
+	case PSC_MSG_DEPARTURE_REQ:
+		return 1;
+	case PSC_MSG_INITIALIZE_REQ:
+		return (req->u.initialize_req.flags & PSC_INIT_JOIN) != 0;
+	default:
+		return 0;
+	}
+}
+
 static psc_rc request_once(psc_peer *p, psc_body *req, uint16_t ans_code, psc_answer *ans,
 			   psc_err *err)
 {
@@ -401,7 +419,8 @@ static psc_rc request_once(psc_peer *p, psc_body *req, uint16_t ans_code, psc_an
 		return rc;
 
 	pending pd = {.txid = txid, .ans_code = ans_code, .ans = ans};
-	int64_t deadline = psc_sdk_mono_ms() + p->request_timeout_ms;
+	int timeout_ms = waits_on_others(req) ? p->decision_timeout_ms : p->request_timeout_ms;
+	int64_t deadline = psc_sdk_mono_ms() + timeout_ms;
 	p->in_request = 1;
 	for (;;) {
 		drain(p, &pd);
@@ -426,7 +445,7 @@ static psc_rc request_once(psc_peer *p, psc_body *req, uint16_t ans_code, psc_an
 		return psc_err_set(err, PSC_E_PEER_TIMEOUT,
 				   "no answer to %s from the KMS at %s within %d ms (is psc-kmsd "
 				   "running, and are the endpoint and CURVE key right?)",
-				   name, p->kms_endpoint, p->request_timeout_ms);
+				   name, p->kms_endpoint, timeout_ms);
 	}
 	if (ans->msg.code == PSC_MSG_ERROR) {
 		rc = map_error(p, ans, req->code, err);

@@ -31,7 +31,7 @@ enum {
 
 typedef struct opts {
 	const char *kms, *kms_cert, *kms_curve, *cert, *key, *overlay, *endpoint;
-	int timeout_ms;
+	int timeout_ms, decision_timeout_ms;
 	int wait_s;
 	int accept_queries, accept_invites, quiet;
 	const char *join;          /* init --join */
@@ -401,7 +401,9 @@ static void usage(FILE *f)
 		"    --key PEM           this peer's private key (EC P-256 or RSA, unencrypted)\n"
 		"    --overlay NAME      overlay name\n"
 		"    --endpoint URL      data endpoint advertised to other members\n"
-		"    --timeout MS        per-request timeout (default %d)\n\n"
+		"    --timeout MS        per-request timeout (default %d)\n"
+		"    --decision-timeout MS  join, invite and report, which wait for another\n"
+		"                        peer's decision or liveness (default %d)\n\n"
 		"COMMAND OPTIONS\n"
 		"    --join PSC-ID       init: join this PSC in the same round trip\n"
 		"    --establish NAME    init: establish this PSC in the same round trip\n"
@@ -429,7 +431,8 @@ static void usage(FILE *f)
 		"    psc-peer establish ops-room --label team=ops --kms tcp://127.0.0.1:7400 \\\n"
 		"      --kms-cert kms.crt.pem --kms-curve kms.curve.pub --cert peer1.crt.pem \\\n"
 		"      --key peer1.key.pem --overlay psc.example\n",
-		PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS, 32, MAX_LIST);
+		PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS, PSC_PEER_DEFAULT_DECISION_TIMEOUT_MS, 32,
+		MAX_LIST);
 }
 
 static int parse_uint(const char *s, const char *what, unsigned long max, unsigned long *out)
@@ -448,7 +451,7 @@ static int parse_uint(const char *s, const char *what, unsigned long max, unsign
 enum {
 	O_KMS = 256, O_KMS_CERT, O_KMS_CURVE, O_CERT, O_KEY, O_OVERLAY, O_ENDPOINT, O_TIMEOUT,
 	O_WAIT, O_ACCEPT_Q, O_ACCEPT_I, O_JOIN, O_ESTABLISH, O_LABEL, O_MEMBER, O_REFRESH,
-	O_MAX_MEMBERS, O_SENDER_SIGS,
+	O_MAX_MEMBERS, O_SENDER_SIGS, O_DECISION_TIMEOUT,
 };
 
 static const struct option long_opts[] = {
@@ -460,6 +463,7 @@ static const struct option long_opts[] = {
 	{"overlay", required_argument, NULL, O_OVERLAY},
 	{"endpoint", required_argument, NULL, O_ENDPOINT},
 	{"timeout", required_argument, NULL, O_TIMEOUT},
+	{"decision-timeout", required_argument, NULL, O_DECISION_TIMEOUT},
 	{"wait", required_argument, NULL, O_WAIT},
 	{"accept-queries", no_argument, NULL, O_ACCEPT_Q},
 	{"accept-invites", no_argument, NULL, O_ACCEPT_I},
@@ -493,6 +497,11 @@ static int parse_opts(int argc, char **argv, opts *o)
 			if (parse_uint(optarg, "--timeout", 3600000, &v))
 				return -1;
 			o->timeout_ms = (int)v;
+			break;
+		case O_DECISION_TIMEOUT:
+			if (parse_uint(optarg, "--decision-timeout", 3600000, &v))
+				return -1;
+			o->decision_timeout_ms = (int)v;
 			break;
 		case O_WAIT:
 			if (parse_uint(optarg, "--wait", 86400 * 365, &v))
@@ -624,6 +633,7 @@ int main(int argc, char **argv)
 		.cert_file = o.cert, .key_file = o.key, .kms_endpoint = o.kms,
 		.kms_cert_file = o.kms_cert, .kms_curve_key = o.kms_curve, .overlay = o.overlay,
 		.data_endpoint = o.endpoint, .request_timeout_ms = o.timeout_ms,
+		.decision_timeout_ms = o.decision_timeout_ms,
 		.auto_reconnect = 1, .callbacks = &cb, .user = &o,
 	};
 	psc_peer *p = NULL;

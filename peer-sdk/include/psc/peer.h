@@ -51,6 +51,8 @@ extern "C" {
 
 #define PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS 10000
 #define PSC_PEER_DEFAULT_FRESHNESS_MS 300000 /* ±300 s, docs/protocol.md §9 */
+/* Above the KMS's default query (30 s) and invite (60 s) timeouts. */
+#define PSC_PEER_DEFAULT_DECISION_TIMEOUT_MS 75000
 
 typedef struct psc_peer psc_peer;
 
@@ -121,6 +123,10 @@ typedef struct psc_peer_config {
 	const char *overlay;       /* overlay name, e.g. "psc.example" */
 	const char *data_endpoint; /* advertised at Initialize; NULL = none */
 	int request_timeout_ms;    /* 0 = PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS */
+	/* Requests where the KMS waits on another party (Join may ask the owner,
+	 * Invite the invitee, a departure report the suspect): must exceed the
+	 * KMS's own waits. 0 = PSC_PEER_DEFAULT_DECISION_TIMEOUT_MS. */
+	int decision_timeout_ms;
 	int freshness_ms;          /* accepted clock skew of KMS requests; 0 = default */
 	/* Re-Initialize + Catchup by itself when the KMS restarted or the
 	 * connection came back (0 = only on psc_peer_reconnect()). */

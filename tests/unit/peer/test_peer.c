@@ -113,7 +113,8 @@ static int new_peer(t *x, const char *name, int curve, int timeout_ms, int auto_
 		.cert_file = cert, .key_file = key, .kms_endpoint = x->k.endpoint,
 		.kms_cert_file = kcert, .kms_curve_key = curve ? x->k.curve_pub : NULL,
 		.overlay = FK_OVERLAY, .data_endpoint = "tcp://127.0.0.1:7002",
-		.request_timeout_ms = timeout_ms, .auto_reconnect = auto_reconnect,
+		.request_timeout_ms = timeout_ms, .decision_timeout_ms = 2 * timeout_ms,
+		.auto_reconnect = auto_reconnect,
 		.callbacks = &x->cb, .user = &x->s,
 	};
 	psc_err err = {0};
@@ -946,6 +947,16 @@ static void test_request_timeout(void **state)
 	long ms = (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000;
 	assert_true(ms >= 290 && ms < 3000);
 	assert_non_null(strstr(err.detail, "no answer to PscLookup"));
+	fk_msg lk;
+	assert_int_equal(fk_recv(&x->k, 1000, &lk), 0);
+	fk_msg_free(&lk);
+	/* A Join waits longer: the KMS may be asking the owner. */
+	uint64_t e = 0;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	assert_int_equal(psc_peer_join(x->p, x->psc, &e, &err), PSC_E_PEER_TIMEOUT);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	ms = (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000;
+	assert_true(ms >= 590 && ms < 3000);
 	/* A late answer to the timed-out request is dropped, not mistaken. */
 	fk_msg m;
 	assert_int_equal(fk_recv(&x->k, 1000, &m), 0);
@@ -1190,6 +1201,104 @@ static void test_curve_transport(void **state)
 	assert_int_equal(fk_recv(&x->k, 300, &(fk_msg){0}), -1);
 }
 
+/* An answer to our pending request that the KMS did not sign is ignored: the
+ * request still gets the genuine answer that follows. */
+static void forged_then_real(fake_kms *k, fk_msg *req, void *arg)
+{
+	script *sc = arg;
+	if (req->m.code != PSC_MSG_LOOKUP_REQ) {
+		handler(k, req, arg);
+		return;
+	}
+	FILE *f = fopen(pt_ca_path("peer2.key.pem"), "r");
+	EVP_PKEY *k2 = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+	fclose(f);
+	psc_body a = {.code = PSC_MSG_LOOKUP_ANS};
+	memset(a.u.lookup_ans.psc_id, 0xee, 16);
+	uint8_t *enc = NULL, *msg = NULL;
+	size_t enc_len = 0, len = 0;
+	assert_int_equal(proto_body_encode(&a, &enc, &enc_len, NULL), PSC_OK);
+	proto_envelope env = {.overlay = k->overlay, .transaction_id = req->m.transaction_id,
+			      .code = PSC_MSG_LOOKUP_ANS};
+	proto_signer liar = {.key = k2, .cert_der = k->cert_der, .cert_len = k->cert_len,
+			     .omit_certificates = 1};
+	assert_int_equal(proto_message_build(&env, enc, enc_len, &liar, &msg, &len, NULL), PSC_OK);
+	fk_send_raw(k, msg, len);
+	free(msg);
+	free(enc);
+	EVP_PKEY_free(k2);
+	usleep(100 * 1000);
+	handler(k, req, sc);
+}
+
+static void test_forged_answer_ignored(void **state)
+{
+	t *x = *state;
+	script sc;
+	init_with(x, &sc, 0);
+	assert_int_equal(fk_serve_start(&x->k, forged_then_real, &sc), 0);
+	psc_err err = {0};
+	psc_peer_lookup_result lr;
+	psc_rc rc = psc_peer_lookup(x->p, "ops-room", &lr, &err);
+	fk_serve_stop(&x->k);
+	if (rc != PSC_OK)
+		fail_msg("lookup: %s", psc_err_text(&err));
+	assert_memory_equal(lr.psc_id, x->psc, 16); /* not the forged 0xee.. */
+	assert_int_equal(x->s.last_error, PSC_E_PEER_NOT_KMS);
+}
+
+static void test_misaddressed_and_malformed_requests(void **state)
+{
+	t *x = *state;
+	script sc;
+	init_with(x, &sc, 0);
+	/* Addressed to another Node-ID. */
+	psc_body b = {.code = PSC_MSG_LIVENESS_REQ};
+	b.u.liveness.challenge = 5;
+	uint8_t keep[16];
+	memcpy(keep, x->k.peer_node, 16);
+	memcpy(x->k.peer_node, x->other, 16);
+	assert_int_equal(fk_send_req(&x->k, &b, 0, NULL), 0);
+	memcpy(x->k.peer_node, keep, 16);
+	pump(x);
+	fk_msg a;
+	assert_int_equal(fk_recv(&x->k, 2000, &a), 0);
+	assert_int_equal(a.m.code, PSC_MSG_ERROR);
+	assert_int_equal(a.e.error_code, PSC_RERR_FORBIDDEN);
+	fk_msg_free(&a);
+
+	/* A signed request whose body does not decode: Invalid_Message. */
+	uint8_t junk[3] = {1, 2, 3};
+	proto_envelope env = {.overlay = x->k.overlay, .transaction_id = 99,
+			      .code = PSC_MSG_REFRESH_REQ, .dest_node = x->k.peer_node};
+	uint8_t *msg = NULL;
+	size_t len = 0;
+	assert_int_equal(proto_message_build(&env, junk, sizeof(junk), &x->k.signer, &msg, &len,
+					     NULL), PSC_OK);
+	assert_int_equal(fk_send_raw(&x->k, msg, len), 0);
+	free(msg);
+	pump(x);
+	assert_int_equal(fk_recv(&x->k, 2000, &a), 0);
+	assert_int_equal(a.m.code, PSC_MSG_ERROR);
+	assert_int_equal(a.e.error_code, PSC_RERR_INVALID_MESSAGE);
+	fk_msg_free(&a);
+
+	/* Bytes that are not RELOAD at all, and a two-frame message: dropped. */
+	assert_int_equal(fk_send_raw(&x->k, junk, sizeof(junk)), 0);
+	assert_int_equal(zmq_send(x->k.router, x->k.rid, x->k.rid_len, ZMQ_SNDMORE), (int)x->k.rid_len);
+	assert_int_equal(zmq_send(x->k.router, junk, 1, ZMQ_SNDMORE), 1);
+	assert_int_equal(zmq_send(x->k.router, junk, 1, 0), 1);
+	pump(x);
+	expect_silence(x);
+	assert_true(x->s.errors >= 4);
+	/* Still serving afterwards. */
+	send_liveness(x, 6, 0, NULL, NULL);
+	pump(x);
+	assert_int_equal(fk_recv(&x->k, 2000, &a), 0);
+	assert_int_equal(a.m.code, PSC_MSG_LIVENESS_ANS);
+	fk_msg_free(&a);
+}
+
 static int setup_curve(void **state)
 {
 	return setup_named(state, "peer1", 1);
@@ -1225,6 +1334,9 @@ int main(void)
 						teardown),
 		cmocka_unit_test_setup_teardown(test_explicit_reconnect, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_event_loop_fd, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_forged_answer_ignored, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_misaddressed_and_malformed_requests, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_rsa_member, setup_rsa, teardown),
 		cmocka_unit_test_setup_teardown(test_curve_transport, setup_curve, teardown),
 	};
