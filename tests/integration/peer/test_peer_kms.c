@@ -514,6 +514,80 @@ static void test_kms_restart(void **state)
 	agent_free(&a);
 }
 
+/* psc-peer end to end: arguments, output for people, exit codes, and an
+ * owner served by `psc-peer init --wait --accept-queries`. */
+static int cli(char **out, const char *peer, ...)
+{
+	char *argv[40];
+	int n = 0;
+	static char cert[4096], key[4096], kmsep[64];
+	snprintf(cert, sizeof(cert), "%s.crt.pem", pt_ca_path(peer));
+	snprintf(key, sizeof(key), "%s.key.pem", pt_ca_path(peer));
+	snprintf(kmsep, sizeof(kmsep), "tcp://127.0.0.1:%d", K.port);
+	argv[n++] = PSC_PEER_CLI;
+	va_list ap;
+	va_start(ap, peer);
+	for (char *a = va_arg(ap, char *); a && n < 24; a = va_arg(ap, char *))
+		argv[n++] = a;
+	va_end(ap);
+	char *common[] = {"--kms", kmsep, "--kms-cert", K.cert, "--kms-curve", K.curve,
+			  "--cert", cert, "--key", key, "--overlay", "psc.test", NULL};
+	for (int i = 0; common[i]; i++)
+		argv[n++] = common[i];
+	argv[n] = NULL;
+	return pt_run(argv, out, 60000);
+}
+
+static void test_cli(void **state)
+{
+	(void)state;
+	char *out = NULL;
+	assert_int_equal(cli(&out, "peer3", "establish", "it-cli-room", "--label", "team=ops", NULL),
+			 0);
+	assert_non_null(strstr(out, "established PSC 'it-cli-room'"));
+	char *idp = strstr(out, "id      ");
+	assert_non_null(idp);
+	char id[33];
+	memcpy(id, idp + 8, 32);
+	id[32] = '\0';
+	free(out);
+
+	assert_int_equal(cli(&out, "peer4", "lookup", "it-cli-room", NULL), 0);
+	assert_non_null(strstr(out, id));
+	free(out);
+	assert_int_equal(cli(&out, "peer6", "join", id, NULL), 1);
+	assert_non_null(strstr(out, "KMS refused PscJoin: Forbidden (policy_denied)"));
+	free(out);
+
+	/* The owner answers the KMS's Query from the command line. */
+	char cert[4096], key[4096], kmsep[64], log[4200];
+	snprintf(cert, sizeof(cert), "%s.crt.pem", pt_ca_path("peer3"));
+	snprintf(key, sizeof(key), "%s.key.pem", pt_ca_path("peer3"));
+	snprintf(kmsep, sizeof(kmsep), "tcp://127.0.0.1:%d", K.port);
+	snprintf(log, sizeof(log), "%s/owner-cli.log", K.dir);
+	char *argv[] = {PSC_PEER_CLI, "init", "--wait", "8", "--accept-queries", "--kms", kmsep,
+			"--kms-cert", K.cert, "--kms-curve", K.curve, "--cert", cert, "--key",
+			key, "--overlay", "psc.test", NULL};
+	pt_proc owner;
+	assert_int_equal(pt_proc_start(&owner, argv, NULL, log), 0);
+	usleep(1500 * 1000); /* registered and serving */
+	agent *asker = agent_new("peer5", 1);
+	uint8_t bin[16];
+	assert_int_equal(psc_peer_id_parse(id, bin), PSC_OK);
+	uint64_t e = 0;
+	join(asker, bin, &e);
+	assert_int_equal(e, 2);
+	agent_free(&asker);
+	pt_proc_stop(&owner, 5000); /* SIGTERM ends --wait cleanly */
+	size_t len = 0;
+	char *olog = (char *)pt_read_file(log, &len);
+	assert_non_null(olog);
+	assert_non_null(memmem(olog, len, "asks to join PSC", 16));
+	assert_non_null(memmem(olog, len, "accepted", 8));
+	assert_non_null(memmem(olog, len, "now at epoch 2 (join)", 21));
+	free(olog);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -523,6 +597,7 @@ int main(void)
 		cmocka_unit_test(test_leave_departure_destroy),
 		cmocka_unit_test(test_eviction_of_silent_member),
 		cmocka_unit_test(test_kms_restart),
+		cmocka_unit_test(test_cli),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
