@@ -50,8 +50,8 @@ static psc_rc make_params(const psc_peer_establish_params *in, proto_establish_p
 				free(l);
 				return psc_err_set(err, PSC_E_INVALID_ARG,
 						   "label %zu: key must be 1..%d bytes, value at "
-						   "most %d", i, PSC_MAX_LABEL_KEY,
-						   PSC_MAX_LABEL_VALUE);
+						   "most %d",
+						   i, PSC_MAX_LABEL_KEY, PSC_MAX_LABEL_VALUE);
 			}
 			l[i].key = (proto_bytes){(const uint8_t *)k, kl};
 			l[i].value = (proto_bytes){(const uint8_t *)(v ? v : ""), vl};
@@ -158,7 +158,8 @@ psc_rc psc_peer_establish(psc_peer *p, const psc_peer_establish_params *params,
 	if (rc != PSC_OK)
 		return rc;
 	if (!params || !psc_id_out)
-		return psc_err_set(err, PSC_E_INVALID_ARG, "establish: params and psc_id_out needed");
+		return psc_err_set(err, PSC_E_INVALID_ARG,
+				   "establish: params and psc_id_out needed");
 	psc_body b = {.code = PSC_MSG_ESTABLISH_REQ};
 	proto_label *labels = NULL;
 	rc = make_params(params, &b.u.establish_req.params, &labels, err);
@@ -202,7 +203,8 @@ psc_rc psc_peer_join(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN], uint64_
 		hex(psc_id, want);
 		hex(m->psc_id, got);
 		rc = psc_err_set(err, PSC_E_PEER_BAD_ANSWER,
-				 "KMS answered PscJoin for PSC %s with material of PSC %s", want, got);
+				 "KMS answered PscJoin for PSC %s with material of PSC %s", want,
+				 got);
 	} else {
 		rc = apply_answer(p, m, PSC_PEER_REASON_JOIN, err);
 		if (rc == PSC_OK && epoch_out)
@@ -212,8 +214,7 @@ psc_rc psc_peer_join(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN], uint64_
 	return rc;
 }
 
-psc_rc psc_peer_lookup(psc_peer *p, const char *name, psc_peer_lookup_result *out,
-		       psc_err *err)
+psc_rc psc_peer_lookup(psc_peer *p, const char *name, psc_peer_lookup_result *out, psc_err *err)
 {
 	psc_rc rc = check_peer(p, err);
 	if (rc != PSC_OK)
@@ -243,7 +244,8 @@ psc_rc psc_peer_invite(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN],
 	if (rc != PSC_OK)
 		return rc;
 	if (!psc_id || !invitee || !outcome)
-		return psc_err_set(err, PSC_E_INVALID_ARG, "invite: psc_id, invitee, outcome needed");
+		return psc_err_set(err, PSC_E_INVALID_ARG,
+				   "invite: psc_id, invitee, outcome needed");
 	psc_body b = {.code = PSC_MSG_INVITE_INIT_REQ};
 	memcpy(b.u.invite_init_req.psc_id, psc_id, PSC_PSC_ID_LEN);
 	memcpy(b.u.invite_init_req.invitee, invitee, PSC_NODE_ID_LEN);
@@ -274,9 +276,9 @@ static psc_rc psc_request_and_forget(psc_peer *p, uint16_t code,
 	if (rc != PSC_OK)
 		return rc;
 	psc_answer_clear(&a);
-	psc_sdk_forget(p, psc_id, psc_store_held_epoch(p->store, psc_id),
-		       code == PSC_MSG_LEAVE_REQ ? PSC_PEER_REASON_LEAVE
-						 : PSC_PEER_REASON_DESTROYED, 0);
+	psc_sdk_forget(
+	    p, psc_id, psc_store_held_epoch(p->store, psc_id),
+	    code == PSC_MSG_LEAVE_REQ ? PSC_PEER_REASON_LEAVE : PSC_PEER_REASON_DESTROYED, 0);
 	return PSC_OK;
 }
 
@@ -361,8 +363,9 @@ psc_rc psc_peer_catchup(psc_peer *p, psc_peer_catchup_result *res, psc_err *err)
 		case PSC_CATCHUP_DESTROYED:
 		case PSC_CATCHUP_NOT_MEMBER:
 			psc_sdk_forget(p, ce.psc_id, ce.epoch,
-				       ce.status == PSC_CATCHUP_DESTROYED ? PSC_PEER_REASON_DESTROYED
-									  : PSC_PEER_REASON_REMOVED,
+				       ce.status == PSC_CATCHUP_DESTROYED
+					   ? PSC_PEER_REASON_DESTROYED
+					   : PSC_PEER_REASON_REMOVED,
 				       1);
 			r.gone++;
 			break;

@@ -14,7 +14,7 @@
 #include "psc_peer_int.h"
 
 static void report(psc_peer *p, psc_rc rc, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void report(psc_peer *p, psc_rc rc, const char *fmt, ...)
 {
 	psc_err e;
@@ -114,7 +114,7 @@ void psc_sdk_kms_request(psc_peer *p, const proto_message *m, const psc_body *b)
 		report(p, PSC_E_WRONG_DIRECTION, "the KMS sent a %s request, which only peers send",
 		       name);
 		psc_sdk_send_error(p, m, PSC_RERR_FORBIDDEN, PSC_REASON_NONE,
-					 "a peer does not answer this request");
+				   "a peer does not answer this request");
 		return;
 	}
 	uint64_t now = psc_sdk_wall_ms(), ts = proto_body_timestamp(b);
@@ -122,11 +122,11 @@ void psc_sdk_kms_request(psc_peer *p, const proto_message *m, const psc_body *b)
 	if (skew > p->freshness_ms) {
 		report(p, PSC_E_PEER_STALE,
 		       "rejected %s (transaction %016llx): timestamp is %llu ms off our clock, "
-		       "more than the %llu ms window (check the clocks)", name,
-		       (unsigned long long)m->transaction_id, (unsigned long long)skew,
+		       "more than the %llu ms window (check the clocks)",
+		       name, (unsigned long long)m->transaction_id, (unsigned long long)skew,
 		       (unsigned long long)p->freshness_ms);
 		psc_sdk_send_error(p, m, PSC_RERR_FORBIDDEN, PSC_REASON_STALE_TIMESTAMP,
-					 "timestamp outside the peer's freshness window");
+				   "timestamp outside the peer's freshness window");
 		return;
 	}
 	psc_rc rc = psc_replay_check(p->replay, m->transaction_id, ts, now, p->freshness_ms);
@@ -137,15 +137,26 @@ void psc_sdk_kms_request(psc_peer *p, const proto_message *m, const psc_body *b)
 		return;
 	}
 	if (rc != PSC_OK) {
-		report(p, rc, "ignored %s (transaction %016llx): replay cache full of live "
-		       "entries", name, (unsigned long long)m->transaction_id);
+		report(p, rc,
+		       "ignored %s (transaction %016llx): replay cache full of live "
+		       "entries",
+		       name, (unsigned long long)m->transaction_id);
 		return;
 	}
 	switch (m->code) {
-	case PSC_MSG_REFRESH_REQ: on_refresh(p, m, &b->u.refresh_req); break;
-	case PSC_MSG_QUERY_REQ: on_query(p, m, &b->u.query_req); break;
-	case PSC_MSG_INVITE_REQ: on_invite(p, m, &b->u.invite_req); break;
-	case PSC_MSG_LIVENESS_REQ: on_liveness(p, m, &b->u.liveness); break;
-	default: break;
+	case PSC_MSG_REFRESH_REQ:
+		on_refresh(p, m, &b->u.refresh_req);
+		break;
+	case PSC_MSG_QUERY_REQ:
+		on_query(p, m, &b->u.query_req);
+		break;
+	case PSC_MSG_INVITE_REQ:
+		on_invite(p, m, &b->u.invite_req);
+		break;
+	case PSC_MSG_LIVENESS_REQ:
+		on_liveness(p, m, &b->u.liveness);
+		break;
+	default:
+		break;
 	}
 }

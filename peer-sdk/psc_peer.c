@@ -37,7 +37,8 @@ static psc_rc load_cert(const char *path, const char *what, X509 **cert, uint8_t
 	if (!x)
 		return psc_err_set(err, PSC_E_PEER_IDENTITY,
 				   "%s %s holds no PEM certificate (expected -----BEGIN "
-				   "CERTIFICATE-----)", what, path);
+				   "CERTIFICATE-----)",
+				   what, path);
 	int n = i2d_X509(x, NULL);
 	uint8_t *buf = n > 0 ? malloc((size_t)n) : NULL;
 	uint8_t *q = buf;
@@ -56,8 +57,8 @@ static psc_rc load_identity(psc_peer *p, const psc_peer_config *cfg, psc_err *er
 {
 	X509 *cert = NULL;
 	psc_err e2;
-	psc_rc rc = load_cert(cfg->cert_file, "peer certificate", &cert, &p->cert_der,
-			      &p->cert_len, err);
+	psc_rc rc =
+	    load_cert(cfg->cert_file, "peer certificate", &cert, &p->cert_der, &p->cert_len, err);
 	if (rc != PSC_OK)
 		return rc;
 	rc = proto_cert_node_id(cert, cfg->overlay, p->node_id, &e2);
@@ -79,7 +80,8 @@ static psc_rc load_identity(psc_peer *p, const psc_peer_config *cfg, psc_err *er
 		X509_free(cert);
 		return psc_err_set(err, PSC_E_PEER_IDENTITY,
 				   "private key %s cannot be read (PEM, unencrypted, EC P-256 "
-				   "or RSA expected)", cfg->key_file);
+				   "or RSA expected)",
+				   cfg->key_file);
 	}
 	int ok = X509_check_private_key(cert, p->key) == 1;
 	X509_free(cert);
@@ -100,7 +102,8 @@ static psc_rc load_identity(psc_peer *p, const psc_peer_config *cfg, psc_err *er
 		char group[64] = {0};
 		size_t gl = 0;
 		if (!EVP_PKEY_is_a(p->key, "EC") ||
-		    EVP_PKEY_get_utf8_string_param(p->key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group), &gl) != 1 ||
+		    EVP_PKEY_get_utf8_string_param(p->key, OSSL_PKEY_PARAM_GROUP_NAME, group,
+						   sizeof(group), &gl) != 1 ||
 		    strcmp(group, "prime256v1") != 0) {
 			ERR_clear_error();
 			return psc_err_set(err, PSC_E_PEER_IDENTITY,
@@ -155,7 +158,8 @@ static psc_rc load_curve(psc_peer *p, const char *spec, psc_err *err)
 	if (!f)
 		return psc_err_set(err, PSC_E_PEER_CURVE,
 				   "KMS CURVE key '%s' is neither 40 Z85 characters nor a "
-				   "readable file", spec);
+				   "readable file",
+				   spec);
 	char line[256] = {0};
 	char *got = fgets(line, sizeof(line), f);
 	fclose(f);
@@ -165,7 +169,8 @@ static psc_rc load_curve(psc_peer *p, const char *spec, psc_err *err)
 	if (!z85_key_ok(line))
 		return psc_err_set(err, PSC_E_PEER_CURVE,
 				   "KMS CURVE key file %s: the first line must be the 40-character "
-				   "Z85 public key", spec);
+				   "Z85 public key",
+				   spec);
 	memcpy(p->kms_curve_pub, line, PSC_PEER_CURVE_Z85_LEN + 1);
 	p->curve = 1;
 	return PSC_OK;
@@ -196,12 +201,12 @@ psc_rc psc_peer_new(psc_peer **out, const psc_peer_config *cfg, psc_err *err)
 	p->kms_endpoint = dup_str(cfg->kms_endpoint);
 	p->overlay = dup_str(cfg->overlay);
 	p->data_endpoint = dup_str(cfg->data_endpoint ? cfg->data_endpoint : "");
-	p->request_timeout_ms = cfg->request_timeout_ms ? cfg->request_timeout_ms
-							: PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS;
+	p->request_timeout_ms =
+	    cfg->request_timeout_ms ? cfg->request_timeout_ms : PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS;
 	p->decision_timeout_ms = cfg->decision_timeout_ms ? cfg->decision_timeout_ms
 							  : PSC_PEER_DEFAULT_DECISION_TIMEOUT_MS;
-	p->freshness_ms = (uint64_t)(cfg->freshness_ms ? cfg->freshness_ms
-						       : PSC_PEER_DEFAULT_FRESHNESS_MS);
+	p->freshness_ms =
+	    (uint64_t)(cfg->freshness_ms ? cfg->freshness_ms : PSC_PEER_DEFAULT_FRESHNESS_MS);
 	p->auto_reconnect = cfg->auto_reconnect;
 	if (cfg->callbacks)
 		p->cb = *cfg->callbacks;
@@ -217,8 +222,8 @@ psc_rc psc_peer_new(psc_peer **out, const psc_peer_config *cfg, psc_err *err)
 		rc = load_kms(p, cfg, err);
 	if (rc == PSC_OK && cfg->kms_curve_key)
 		rc = load_curve(p, cfg->kms_curve_key, err);
-	if (rc == PSC_OK && (psc_store_new(&p->store) != PSC_OK ||
-			     psc_replay_new(&p->replay) != PSC_OK))
+	if (rc == PSC_OK &&
+	    (psc_store_new(&p->store) != PSC_OK || psc_replay_new(&p->replay) != PSC_OK))
 		rc = psc_err_set(err, PSC_E_NOMEM, "out of memory");
 	if (rc == PSC_OK) {
 		p->zctx = zmq_ctx_new();
@@ -281,9 +286,10 @@ psc_rc psc_sdk_apply_material(psc_peer *p, const proto_material *m, psc_peer_rea
 					 m->ephemeral.p, m->ephemeral.len, m->wrapped.p,
 					 m->wrapped.len, secret, &e2);
 	if (rc != PSC_OK)
-		return psc_err_set(err, rc, "PSC %s epoch %llu: epoch secret does not unwrap "
-				   "(%s); not acknowledged", hex, (unsigned long long)m->epoch,
-				   psc_err_text(&e2));
+		return psc_err_set(err, rc,
+				   "PSC %s epoch %llu: epoch secret does not unwrap "
+				   "(%s); not acknowledged",
+				   hex, (unsigned long long)m->epoch, psc_err_text(&e2));
 	rc = psc_store_apply(p->store, m, secret, psc_sdk_mono_ms());
 	OPENSSL_cleanse(secret, sizeof(secret));
 	if (rc != PSC_OK)

@@ -22,7 +22,7 @@
 
 #define PSC_PEER_CURVE_Z85_LEN 40
 #define PSC_PEER_REINIT_BACKOFF_MS 1000 /* between automatic re-Initialize attempts */
-#define PSC_PEER_MONITOR_POLL_MS 1000   /* longest psc_peer_next_timeout_ms() with auto_reconnect */
+#define PSC_PEER_MONITOR_POLL_MS 1000	/* longest psc_peer_next_timeout_ms() with auto_reconnect */
 
 struct psc_peer {
 	/* configuration (copied) */
@@ -64,10 +64,10 @@ struct psc_peer {
 
 	/* protocol state */
 	int initialized;
-	int registered;  /* Initialize succeeded at least once */
+	int registered;	      /* Initialize succeeded at least once */
 	int64_t reinit_after; /* monotonic ms: no automatic re-Initialize before */
-	int need_reinit; /* a timeout or a KMS restart was seen */
-	int in_request;  /* a blocking request is running (callbacks must not nest) */
+	int need_reinit;      /* a timeout or a KMS restart was seen */
+	int in_request;	      /* a blocking request is running (callbacks must not nest) */
 	int in_reinit;
 	int in_process;
 	psc_store *store;
@@ -137,8 +137,8 @@ void psc_sdk_disconnect(psc_peer *p);
  * is reported through on_error: nobody else could act on it. */
 void psc_sdk_send_answer(psc_peer *p, const proto_message *req, uint16_t code,
 			 const psc_body *body);
-void psc_sdk_send_error(psc_peer *p, const proto_message *req, uint16_t error_code,
-			uint16_t reason, const char *text);
+void psc_sdk_send_error(psc_peer *p, const proto_message *req, uint16_t error_code, uint16_t reason,
+			const char *text);
 
 /* --- psc_kmsreq.c ----------------------------------------------------- */
 /* Handles one verified KMS request (freshness, replay, dispatch, answer). */

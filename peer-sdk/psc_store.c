@@ -122,7 +122,7 @@ static psc_rc copy_members(psc_entry *e, const proto_members *ms)
 		while (n < ms->n && proto_next_member(&it, &m)) {
 			memcpy(v[n].node_id, m.node_id, PSC_NODE_ID_LEN);
 			size_t l = m.endpoint.len < PSC_PEER_ENDPOINT_MAX ? m.endpoint.len
-									   : PSC_PEER_ENDPOINT_MAX;
+									  : PSC_PEER_ENDPOINT_MAX;
 			memcpy(v[n].endpoint, m.endpoint.p, l);
 			v[n].endpoint[l] = '\0';
 			n++;
@@ -241,8 +241,8 @@ int64_t psc_store_next_expiry(const psc_store *s)
 	return best;
 }
 
-psc_rc psc_store_secret(psc_store *s, const uint8_t id[PSC_PSC_ID_LEN], uint64_t epoch,
-			int64_t now, uint64_t *epoch_out, uint8_t out[PSC_EPOCH_SECRET_LEN])
+psc_rc psc_store_secret(psc_store *s, const uint8_t id[PSC_PSC_ID_LEN], uint64_t epoch, int64_t now,
+			uint64_t *epoch_out, uint8_t out[PSC_EPOCH_SECRET_LEN])
 {
 	if (!s || !id || !out)
 		return PSC_E_INVALID_ARG;

@@ -18,8 +18,8 @@
 #include "proto_msg.h"
 #include "psc/peer.h"
 
-#define PSC_STORE_MAX_PSCS 4096       /* as many as one Catchup may list */
-#define PSC_STORE_MAX_TOMBSTONES 256  /* forgotten PSCs remembered */
+#define PSC_STORE_MAX_PSCS 4096	     /* as many as one Catchup may list */
+#define PSC_STORE_MAX_TOMBSTONES 256 /* forgotten PSCs remembered */
 
 typedef struct psc_epoch_key {
 	int held;
@@ -82,8 +82,7 @@ int64_t psc_store_next_expiry(const psc_store *s);
  * the current epoch, or the previous one while its grace period runs (checked
  * against now). PSC_E_PEER_UNKNOWN_PSC / PSC_E_PEER_NO_EPOCH otherwise.
  */
-psc_rc psc_store_secret(psc_store *s, const uint8_t id[PSC_PSC_ID_LEN], uint64_t epoch,
-			int64_t now, uint64_t *epoch_out, uint8_t out[PSC_EPOCH_SECRET_LEN])
-	PSC_WUR;
+psc_rc psc_store_secret(psc_store *s, const uint8_t id[PSC_PSC_ID_LEN], uint64_t epoch, int64_t now,
+			uint64_t *epoch_out, uint8_t out[PSC_EPOCH_SECRET_LEN]) PSC_WUR;
 
 #endif

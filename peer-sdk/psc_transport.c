@@ -86,7 +86,8 @@ psc_rc psc_sdk_connect(psc_peer *p, psc_err *err)
 	if (zmq_connect(p->dealer, p->kms_endpoint) != 0)
 		return psc_err_set(err, PSC_E_PEER_CONFIG,
 				   "cannot connect to KMS endpoint '%s': %s (expected "
-				   "tcp://host:port)", p->kms_endpoint, zmq_strerror(zmq_errno()));
+				   "tcp://host:port)",
+				   p->kms_endpoint, zmq_strerror(zmq_errno()));
 	p->disconnected = 0;
 	return PSC_OK;
 }
@@ -167,8 +168,8 @@ static psc_rc send_body(psc_peer *p, uint64_t txid, uint16_t code, const uint8_t
 	if (rc != PSC_OK)
 		return psc_err_set(err, rc, "cannot encode %s: %s", proto_msg_name(code),
 				   psc_err_text(&e2));
-	proto_envelope env = {.overlay = p->overlay_hash, .transaction_id = txid, .code = code,
-			      .dest_node = dest};
+	proto_envelope env = {
+	    .overlay = p->overlay_hash, .transaction_id = txid, .code = code, .dest_node = dest};
 	proto_signer s;
 	rc = proto_message_build(&env, enc, enc_len,
 				 signer_for(p, &s, code == PSC_MSG_INITIALIZE_REQ), &msg, &msg_len,
@@ -182,19 +183,20 @@ static psc_rc send_body(psc_peer *p, uint64_t txid, uint16_t code, const uint8_t
 	return rc;
 }
 
-void psc_sdk_send_answer(psc_peer *p, const proto_message *req, uint16_t code,
-			 const psc_body *body)
+void psc_sdk_send_answer(psc_peer *p, const proto_message *req, uint16_t code, const psc_body *body)
 {
 	psc_err e;
 	if (send_body(p, req->transaction_id, code, NULL, body, &e) != PSC_OK)
 		psc_sdk_report(p, &e);
 }
 
-void psc_sdk_send_error(psc_peer *p, const proto_message *req, uint16_t error_code,
-			uint16_t reason, const char *text)
+void psc_sdk_send_error(psc_peer *p, const proto_message *req, uint16_t error_code, uint16_t reason,
+			const char *text)
 {
-	proto_error pe = {.error_code = error_code, .psc_reason = reason,
-			  .text = (const uint8_t *)text, .text_len = text ? strlen(text) : 0};
+	proto_error pe = {.error_code = error_code,
+			  .psc_reason = reason,
+			  .text = (const uint8_t *)text,
+			  .text_len = text ? strlen(text) : 0};
 	uint8_t *enc = NULL, *msg = NULL;
 	size_t enc_len = 0, msg_len = 0;
 	psc_err e;
@@ -219,7 +221,7 @@ void psc_sdk_send_error(psc_peer *p, const proto_message *req, uint16_t error_co
 }
 
 static void reject(psc_peer *p, psc_rc rc, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 static void reject(psc_peer *p, psc_rc rc, const char *fmt, ...)
 {
 	psc_err e;
@@ -255,18 +257,18 @@ static void handle_frame(psc_peer *p, uint8_t *buf, size_t len, pending *pd)
 		reject(p, PSC_E_PEER_NOT_KMS,
 		       "rejected %s: not signed by the configured KMS certificate", what);
 		if (is_req)
-			psc_sdk_send_error(p, &m, PSC_RERR_FORBIDDEN,
-						 PSC_REASON_BAD_SIGNATURE,
-						 "not signed by the KMS this peer trusts");
+			psc_sdk_send_error(p, &m, PSC_RERR_FORBIDDEN, PSC_REASON_BAD_SIGNATURE,
+					   "not signed by the KMS this peer trusts");
 		goto drop;
 	}
 	if (is_req) {
 		if (m.has_dest_node && memcmp(m.dest_node, p->node_id, PSC_NODE_ID_LEN) != 0) {
 			reject(p, PSC_E_NODE_ID_MISMATCH,
 			       "refused a KMS request addressed to another Node-ID (transaction "
-			       "%016llx)", (unsigned long long)m.transaction_id);
+			       "%016llx)",
+			       (unsigned long long)m.transaction_id);
 			psc_sdk_send_error(p, &m, PSC_RERR_FORBIDDEN, PSC_REASON_NONE,
-						 "request is addressed to another Node-ID");
+					   "request is addressed to another Node-ID");
 			goto drop;
 		}
 		psc_body b;
@@ -276,8 +278,8 @@ static void handle_frame(psc_peer *p, uint8_t *buf, size_t len, pending *pd)
 				psc_err_set(&e, PSC_E_UNKNOWN_CODE, "unknown code 0x%04x", m.code);
 			reject(p, PSC_E_PEER_BAD_ANSWER, "rejected a malformed KMS request: %s",
 			       psc_err_text(&e));
-			psc_sdk_send_error(p, &m, PSC_RERR_INVALID_MESSAGE,
-						 PSC_REASON_MALFORMED, "malformed request");
+			psc_sdk_send_error(p, &m, PSC_RERR_INVALID_MESSAGE, PSC_REASON_MALFORMED,
+					   "malformed request");
 			goto drop;
 		}
 		psc_sdk_kms_request(p, &m, &b);
@@ -352,16 +354,31 @@ static int wait_readable(psc_peer *p, long timeout_ms)
 static void set_timestamp(psc_body *b, uint64_t ts)
 {
 	switch (b->code) {
-	case PSC_MSG_INITIALIZE_REQ: b->u.initialize_req.timestamp = ts; break;
-	case PSC_MSG_ESTABLISH_REQ: b->u.establish_req.timestamp = ts; break;
+	case PSC_MSG_INITIALIZE_REQ:
+		b->u.initialize_req.timestamp = ts;
+		break;
+	case PSC_MSG_ESTABLISH_REQ:
+		b->u.establish_req.timestamp = ts;
+		break;
 	case PSC_MSG_JOIN_REQ:
 	case PSC_MSG_LEAVE_REQ:
-	case PSC_MSG_DESTROY_REQ: b->u.psc_req.timestamp = ts; break;
-	case PSC_MSG_INVITE_INIT_REQ: b->u.invite_init_req.timestamp = ts; break;
-	case PSC_MSG_DEPARTURE_REQ: b->u.departure_req.timestamp = ts; break;
-	case PSC_MSG_LOOKUP_REQ: b->u.lookup_req.timestamp = ts; break;
-	case PSC_MSG_CATCHUP_REQ: b->u.catchup_req.timestamp = ts; break;
-	default: break;
+	case PSC_MSG_DESTROY_REQ:
+		b->u.psc_req.timestamp = ts;
+		break;
+	case PSC_MSG_INVITE_INIT_REQ:
+		b->u.invite_init_req.timestamp = ts;
+		break;
+	case PSC_MSG_DEPARTURE_REQ:
+		b->u.departure_req.timestamp = ts;
+		break;
+	case PSC_MSG_LOOKUP_REQ:
+		b->u.lookup_req.timestamp = ts;
+		break;
+	case PSC_MSG_CATCHUP_REQ:
+		b->u.catchup_req.timestamp = ts;
+		break;
+	default:
+		break;
 	}
 }
 
@@ -462,13 +479,13 @@ static psc_rc request_once(psc_peer *p, psc_body *req, uint16_t ans_code, psc_an
 	return PSC_OK;
 }
 
-psc_rc psc_sdk_request(psc_peer *p, psc_body *req, uint16_t ans_code, psc_answer *ans,
-		       psc_err *err)
+psc_rc psc_sdk_request(psc_peer *p, psc_body *req, uint16_t ans_code, psc_answer *ans, psc_err *err)
 {
 	if (p->in_request || (p->in_process && !p->in_reinit))
 		return psc_err_set(err, PSC_E_PEER_BUSY,
 				   "%s: a request is already running on this peer (requests "
-				   "must not be made from callbacks)", proto_msg_name(req->code));
+				   "must not be made from callbacks)",
+				   proto_msg_name(req->code));
 	int is_init = req->code == PSC_MSG_INITIALIZE_REQ;
 	drain_monitor(p); /* learn of a reconnect before relying on the registration */
 	if (!is_init && !p->initialized && !p->in_reinit &&

@@ -34,16 +34,26 @@ psc_rc psc_peer_id_parse(const char *hex, uint8_t out[PSC_PEER_ID_LEN])
 const char *psc_peer_reason_name(psc_peer_reason r)
 {
 	switch (r) {
-	case PSC_PEER_REASON_ESTABLISH: return "establish";
-	case PSC_PEER_REASON_TIMER: return "timer";
-	case PSC_PEER_REASON_JOIN: return "join";
-	case PSC_PEER_REASON_LEAVE: return "leave";
-	case PSC_PEER_REASON_EVICT: return "evict";
-	case PSC_PEER_REASON_DESTROYED: return "destroyed";
-	case PSC_PEER_REASON_REMOVED: return "removed";
-	case PSC_PEER_REASON_RESTORE: return "restore";
-	case PSC_PEER_REASON_CATCHUP: return "catchup";
-	case PSC_PEER_REASON_ANSWER: return "answer";
+	case PSC_PEER_REASON_ESTABLISH:
+		return "establish";
+	case PSC_PEER_REASON_TIMER:
+		return "timer";
+	case PSC_PEER_REASON_JOIN:
+		return "join";
+	case PSC_PEER_REASON_LEAVE:
+		return "leave";
+	case PSC_PEER_REASON_EVICT:
+		return "evict";
+	case PSC_PEER_REASON_DESTROYED:
+		return "destroyed";
+	case PSC_PEER_REASON_REMOVED:
+		return "removed";
+	case PSC_PEER_REASON_RESTORE:
+		return "restore";
+	case PSC_PEER_REASON_CATCHUP:
+		return "catchup";
+	case PSC_PEER_REASON_ANSWER:
+		return "answer";
 	}
 	return "unknown";
 }
@@ -51,13 +61,33 @@ const char *psc_peer_reason_name(psc_peer_reason r)
 const char *psc_sdk_reason_name(uint16_t reason)
 {
 	static const char *const names[] = {
-		"", "policy_denied", "not_member", "unknown_psc", "owner_must_destroy",
-		"stale_timestamp", "replayed", "cert_invalid", "cert_revoked",
-		"node_id_mismatch", "audit_unavailable", "hsm_unavailable", "rate_limited",
-		"owner_timeout", "owner_denied", "not_initialized", "bad_signature",
-		"malformed", "too_many_members", "unsupported_suite", "already_member",
-		"name_taken", "banned", "transport_key_mismatch", "busy", "internal",
-		"peer_unreachable",
+	    "",
+	    "policy_denied",
+	    "not_member",
+	    "unknown_psc",
+	    "owner_must_destroy",
+	    "stale_timestamp",
+	    "replayed",
+	    "cert_invalid",
+	    "cert_revoked",
+	    "node_id_mismatch",
+	    "audit_unavailable",
+	    "hsm_unavailable",
+	    "rate_limited",
+	    "owner_timeout",
+	    "owner_denied",
+	    "not_initialized",
+	    "bad_signature",
+	    "malformed",
+	    "too_many_members",
+	    "unsupported_suite",
+	    "already_member",
+	    "name_taken",
+	    "banned",
+	    "transport_key_mismatch",
+	    "busy",
+	    "internal",
+	    "peer_unreachable",
 	};
 	if (reason < sizeof(names) / sizeof(names[0]))
 		return names[reason];
@@ -79,11 +109,17 @@ void psc_sdk_copy_text(char *dst, size_t cap, const uint8_t *src, size_t len)
 psc_rc psc_sdk_rc_for_error(uint16_t error_code)
 {
 	switch (error_code) {
-	case PSC_RERR_FORBIDDEN: return PSC_E_PEER_FORBIDDEN;
-	case PSC_RERR_NOT_FOUND: return PSC_E_PEER_NOT_FOUND;
-	case PSC_RERR_REQUEST_TIMEOUT: return PSC_E_PEER_KMS_TIMEOUT;
-	case PSC_RERR_IN_PROGRESS: return PSC_E_PEER_IN_PROGRESS;
-	case PSC_RERR_INVALID_MESSAGE: return PSC_E_PEER_REJECTED;
-	default: return PSC_E_PEER_KMS_ERROR;
+	case PSC_RERR_FORBIDDEN:
+		return PSC_E_PEER_FORBIDDEN;
+	case PSC_RERR_NOT_FOUND:
+		return PSC_E_PEER_NOT_FOUND;
+	case PSC_RERR_REQUEST_TIMEOUT:
+		return PSC_E_PEER_KMS_TIMEOUT;
+	case PSC_RERR_IN_PROGRESS:
+		return PSC_E_PEER_IN_PROGRESS;
+	case PSC_RERR_INVALID_MESSAGE:
+		return PSC_E_PEER_REJECTED;
+	default:
+		return PSC_E_PEER_KMS_ERROR;
 	}
 }

@@ -19,12 +19,12 @@
 
 /* Exit codes (documented in --help). */
 enum {
-	EX_OK = 0,        /* done; for invite/report the outcome is printed */
-	EX_REFUSED = 1,   /* the KMS refused (ErrorResponse) */
-	EX_USAGE = 2,     /* bad command line */
-	EX_CONFIG = 3,    /* certificate, key, KMS certificate or CURVE key unusable */
-	EX_UNREACH = 4,   /* KMS did not answer in time / transport failure */
-	EX_FAIL = 5,      /* anything else (malformed answer, key does not unwrap, ...) */
+	EX_OK = 0,	/* done; for invite/report the outcome is printed */
+	EX_REFUSED = 1, /* the KMS refused (ErrorResponse) */
+	EX_USAGE = 2,	/* bad command line */
+	EX_CONFIG = 3,	/* certificate, key, KMS certificate or CURVE key unusable */
+	EX_UNREACH = 4, /* KMS did not answer in time / transport failure */
+	EX_FAIL = 5,	/* anything else (malformed answer, key does not unwrap, ...) */
 };
 
 #define MAX_LIST 64
@@ -34,8 +34,8 @@ typedef struct opts {
 	int timeout_ms, decision_timeout_ms;
 	int wait_s;
 	int accept_queries, accept_invites, quiet;
-	const char *join;          /* init --join */
-	const char *establish;     /* init --establish NAME */
+	const char *join;      /* init --join */
+	const char *establish; /* init --establish NAME */
 	psc_peer_label labels[MAX_LIST];
 	size_t n_labels;
 	uint8_t members[MAX_LIST][PSC_PEER_ID_LEN];
@@ -46,7 +46,7 @@ typedef struct opts {
 
 typedef struct command {
 	const char *name;
-	const char *args;  /* for usage */
+	const char *args; /* for usage */
 	int min_args, max_args;
 	unsigned id_args; /* bit i: argument i must be a 32-hex-digit ID (checked first) */
 	int (*run)(psc_peer *p, opts *o, char **argv, int argc);
@@ -173,16 +173,18 @@ static void print_pscs(const psc_peer *p)
 		char h1[33], h2[33];
 		if (psc_peer_psc_at(p, i, &in) != PSC_OK)
 			continue;
-		printf("PSC %s '%s'\n  owner   %s%s\n  epoch   %" PRIu64, hex(in.psc_id, h1), in.name,
-		       hex(in.owner, h2), in.is_owner ? " (this peer)" : "", in.epoch);
+		printf("PSC %s '%s'\n  owner   %s%s\n  epoch   %" PRIu64, hex(in.psc_id, h1),
+		       in.name, hex(in.owner, h2), in.is_owner ? " (this peer)" : "", in.epoch);
 		if (in.previous_epoch)
-			printf(" (previous %" PRIu64 " valid for its grace period)", in.previous_epoch);
-		printf("\n  sender signatures %s\n  members %zu\n", in.sender_signatures ? "required" : "no",
-		       in.n_members);
+			printf(" (previous %" PRIu64 " valid for its grace period)",
+			       in.previous_epoch);
+		printf("\n  sender signatures %s\n  members %zu\n",
+		       in.sender_signatures ? "required" : "no", in.n_members);
 		for (size_t j = 0; j < in.n_members; j++) {
 			psc_peer_member m;
 			if (psc_peer_psc_member(p, in.psc_id, j, &m) == PSC_OK)
-				printf("    %s %s\n", hex(m.node_id, h1), m.endpoint[0] ? m.endpoint : "-");
+				printf("    %s %s\n", hex(m.node_id, h1),
+				       m.endpoint[0] ? m.endpoint : "-");
 		}
 	}
 }
@@ -192,10 +194,14 @@ static void print_pscs(const psc_peer *p)
 static psc_peer_establish_params establish_params(opts *o, const char *name)
 {
 	psc_peer_establish_params ep = {
-		.name = name, .labels = o->labels, .n_labels = o->n_labels,
-		.members = (const uint8_t(*)[PSC_PEER_ID_LEN])o->members,
-		.n_members = o->n_members, .refresh_s = o->refresh_s,
-		.max_members = o->max_members, .sender_signatures = o->sender_sigs,
+	    .name = name,
+	    .labels = o->labels,
+	    .n_labels = o->n_labels,
+	    .members = (const uint8_t(*)[PSC_PEER_ID_LEN])o->members,
+	    .n_members = o->n_members,
+	    .refresh_s = o->refresh_s,
+	    .max_members = o->max_members,
+	    .sender_signatures = o->sender_sigs,
 	};
 	return ep;
 }
@@ -235,7 +241,8 @@ static int cmd_establish(psc_peer *p, opts *o, char **argv, int argc)
 		return fail(&err);
 	char h[33];
 	printf("established PSC '%s'\n  id      %s\n  epoch   %" PRIu64 "\n  pending %zu member(s) "
-	       "not registered yet\n", argv[0], hex(id, h), epoch, pending);
+	       "not registered yet\n",
+	       argv[0], hex(id, h), epoch, pending);
 	return EX_OK;
 }
 
@@ -321,8 +328,9 @@ static int cmd_report(psc_peer *p, opts *o, char **argv, int argc)
 	if (psc_peer_report_departure(p, id, who, &oc, &err) != PSC_OK)
 		return fail(&err);
 	printf("%s\n", oc == PSC_PEER_DEPARTURE_ALIVE ? "suspect is alive; nothing changed"
-		       : oc == PSC_PEER_DEPARTURE_EVICTED ? "suspect did not answer: evicted, PSC rekeyed"
-							  : "unknown outcome");
+		       : oc == PSC_PEER_DEPARTURE_EVICTED
+			   ? "suspect did not answer: evicted, PSC rekeyed"
+			   : "unknown outcome");
 	return EX_OK;
 }
 
@@ -356,83 +364,85 @@ static int cmd_catchup(psc_peer *p, opts *o, char **argv, int argc)
 }
 
 static const command commands[] = {
-	{"init", "", 0, 0, 0, cmd_init,
-	 "Register with the KMS (optionally --join ID and/or --establish NAME in the\n"
-	 "        same round trip) and list the PSCs held."},
-	{"establish", "NAME", 1, 1, 0, cmd_establish,
-	 "Create a PSC owned by this peer (--label, --member, --refresh,\n"
-	 "        --max-members, --sender-signatures)."},
-	{"join", "PSC-ID|NAME", 1, 1, 0, cmd_join,
-	 "Join a PSC (a NAME is looked up first); the KMS may ask its owner."},
-	{"lookup", "NAME", 1, 1, 0, cmd_lookup, "PSC ID, owner and member count of a PSC by name."},
-	{"invite", "PSC-ID NODE-ID", 2, 2, 3, cmd_invite,
-	 "Owner: invite a registered peer; prints its decision."},
-	{"leave", "PSC-ID", 1, 1, 1, cmd_leave, "Leave a PSC (an owner destroys instead)."},
-	{"report", "PSC-ID NODE-ID", 2, 2, 3, cmd_report,
-	 "Report a member as departed; the KMS checks its liveness."},
-	{"destroy", "PSC-ID", 1, 1, 1, cmd_destroy, "Owner: destroy a PSC."},
-	{"catchup", "", 0, 0, 0, cmd_catchup, "Fetch the current epoch of every PSC held."},
+    {"init", "", 0, 0, 0, cmd_init,
+     "Register with the KMS (optionally --join ID and/or --establish NAME in the\n"
+     "        same round trip) and list the PSCs held."},
+    {"establish", "NAME", 1, 1, 0, cmd_establish,
+     "Create a PSC owned by this peer (--label, --member, --refresh,\n"
+     "        --max-members, --sender-signatures)."},
+    {"join", "PSC-ID|NAME", 1, 1, 0, cmd_join,
+     "Join a PSC (a NAME is looked up first); the KMS may ask its owner."},
+    {"lookup", "NAME", 1, 1, 0, cmd_lookup, "PSC ID, owner and member count of a PSC by name."},
+    {"invite", "PSC-ID NODE-ID", 2, 2, 3, cmd_invite,
+     "Owner: invite a registered peer; prints its decision."},
+    {"leave", "PSC-ID", 1, 1, 1, cmd_leave, "Leave a PSC (an owner destroys instead)."},
+    {"report", "PSC-ID NODE-ID", 2, 2, 3, cmd_report,
+     "Report a member as departed; the KMS checks its liveness."},
+    {"destroy", "PSC-ID", 1, 1, 1, cmd_destroy, "Owner: destroy a PSC."},
+    {"catchup", "", 0, 0, 0, cmd_catchup, "Fetch the current epoch of every PSC held."},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"NAME\n"
-		"    psc-peer - run PSC (RELOAD Public Security Channel) flows against psc-kms\n\n"
-		"SYNOPSIS\n"
-		"    psc-peer COMMAND [ARGS] --kms tcp://HOST:PORT --kms-cert PEM [--kms-curve KEY]\n"
-		"             --cert PEM --key PEM --overlay NAME [OPTIONS]\n\n"
-		"DESCRIPTION\n"
-		"    Registers this peer with the KMS (Initialize), runs COMMAND, and exits.\n"
-		"    Every KMS message must be signed by the --kms-cert key; Refreshes,\n"
-		"    Queries, Invites and Liveness checks that arrive meanwhile are handled.\n\n"
-		"COMMANDS\n");
+	fprintf(
+	    f,
+	    "NAME\n"
+	    "    psc-peer - run PSC (RELOAD Public Security Channel) flows against psc-kms\n\n"
+	    "SYNOPSIS\n"
+	    "    psc-peer COMMAND [ARGS] --kms tcp://HOST:PORT --kms-cert PEM [--kms-curve KEY]\n"
+	    "             --cert PEM --key PEM --overlay NAME [OPTIONS]\n\n"
+	    "DESCRIPTION\n"
+	    "    Registers this peer with the KMS (Initialize), runs COMMAND, and exits.\n"
+	    "    Every KMS message must be signed by the --kms-cert key; Refreshes,\n"
+	    "    Queries, Invites and Liveness checks that arrive meanwhile are handled.\n\n"
+	    "COMMANDS\n");
 	for (size_t i = 0; i < N_COMMANDS; i++)
 		fprintf(f, "    %s %s\n        %s\n", commands[i].name, commands[i].args,
 			commands[i].help);
-	fprintf(f,
-		"\nCONNECTION AND IDENTITY\n"
-		"    --kms ENDPOINT      KMS ROUTER endpoint, e.g. tcp://kms.example:7400\n"
-		"    --kms-cert PEM      KMS certificate; every KMS message must verify with it\n"
-		"    --kms-curve KEY     KMS CURVE public key: 40 Z85 characters or a file holding\n"
-		"                        them. Without it the connection is plain TCP (tests only).\n"
-		"    --cert PEM          this peer's certificate (binds its Node-ID to --overlay)\n"
-		"    --key PEM           this peer's private key (EC P-256 or RSA, unencrypted)\n"
-		"    --overlay NAME      overlay name\n"
-		"    --endpoint URL      data endpoint advertised to other members\n"
-		"    --timeout MS        per-request timeout (default %d)\n"
-		"    --decision-timeout MS  join, invite and report, which wait for another\n"
-		"                        peer's decision or liveness (default %d)\n\n"
-		"COMMAND OPTIONS\n"
-		"    --join PSC-ID       init: join this PSC in the same round trip\n"
-		"    --establish NAME    init: establish this PSC in the same round trip\n"
-		"    --label KEY=VALUE   establish: access-control label (repeatable, <= %d)\n"
-		"    --member NODE-ID    establish: initial member (repeatable, <= %d here)\n"
-		"    --refresh SECONDS   establish: requested refresh interval (0 = policy)\n"
-		"    --max-members N     establish: requested member cap (0 = policy)\n"
-		"    --sender-signatures establish: group messages must be signed by senders\n\n"
-		"AFTER THE COMMAND\n"
-		"    --wait SECONDS      keep answering the KMS (Refresh, Query, Invite,\n"
-		"                        Liveness) for this long; Ctrl-C stops\n"
-		"    --accept-queries    as owner, accept join requests the KMS asks about\n"
-		"                        (default: deny)\n"
-		"    --accept-invites    accept invitations (default: decline)\n"
-		"    -q, --quiet         print only results and problems\n"
-		"    -h, --help          this text\n\n"
-		"EXIT STATUS\n"
-		"    0  done (for invite and report the outcome is printed)\n"
-		"    1  the KMS refused the request (its reason is printed)\n"
-		"    2  bad command line\n"
-		"    3  certificate, key, KMS certificate or CURVE key unusable\n"
-		"    4  the KMS did not answer in time, or a transport error\n"
-		"    5  any other failure (malformed answer, key material that does not unwrap)\n\n"
-		"EXAMPLE\n"
-		"    psc-peer establish ops-room --label team=ops --kms tcp://127.0.0.1:7400 \\\n"
-		"      --kms-cert kms.crt.pem --kms-curve kms.curve.pub --cert peer1.crt.pem \\\n"
-		"      --key peer1.key.pem --overlay psc.example\n",
-		PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS, PSC_PEER_DEFAULT_DECISION_TIMEOUT_MS, 32,
-		MAX_LIST);
+	fprintf(
+	    f,
+	    "\nCONNECTION AND IDENTITY\n"
+	    "    --kms ENDPOINT      KMS ROUTER endpoint, e.g. tcp://kms.example:7400\n"
+	    "    --kms-cert PEM      KMS certificate; every KMS message must verify with it\n"
+	    "    --kms-curve KEY     KMS CURVE public key: 40 Z85 characters or a file holding\n"
+	    "                        them. Without it the connection is plain TCP (tests only).\n"
+	    "    --cert PEM          this peer's certificate (binds its Node-ID to --overlay)\n"
+	    "    --key PEM           this peer's private key (EC P-256 or RSA, unencrypted)\n"
+	    "    --overlay NAME      overlay name\n"
+	    "    --endpoint URL      data endpoint advertised to other members\n"
+	    "    --timeout MS        per-request timeout (default %d)\n"
+	    "    --decision-timeout MS  join, invite and report, which wait for another\n"
+	    "                        peer's decision or liveness (default %d)\n\n"
+	    "COMMAND OPTIONS\n"
+	    "    --join PSC-ID       init: join this PSC in the same round trip\n"
+	    "    --establish NAME    init: establish this PSC in the same round trip\n"
+	    "    --label KEY=VALUE   establish: access-control label (repeatable, <= %d)\n"
+	    "    --member NODE-ID    establish: initial member (repeatable, <= %d here)\n"
+	    "    --refresh SECONDS   establish: requested refresh interval (0 = policy)\n"
+	    "    --max-members N     establish: requested member cap (0 = policy)\n"
+	    "    --sender-signatures establish: group messages must be signed by senders\n\n"
+	    "AFTER THE COMMAND\n"
+	    "    --wait SECONDS      keep answering the KMS (Refresh, Query, Invite,\n"
+	    "                        Liveness) for this long; Ctrl-C stops\n"
+	    "    --accept-queries    as owner, accept join requests the KMS asks about\n"
+	    "                        (default: deny)\n"
+	    "    --accept-invites    accept invitations (default: decline)\n"
+	    "    -q, --quiet         print only results and problems\n"
+	    "    -h, --help          this text\n\n"
+	    "EXIT STATUS\n"
+	    "    0  done (for invite and report the outcome is printed)\n"
+	    "    1  the KMS refused the request (its reason is printed)\n"
+	    "    2  bad command line\n"
+	    "    3  certificate, key, KMS certificate or CURVE key unusable\n"
+	    "    4  the KMS did not answer in time, or a transport error\n"
+	    "    5  any other failure (malformed answer, key material that does not unwrap)\n\n"
+	    "EXAMPLE\n"
+	    "    psc-peer establish ops-room --label team=ops --kms tcp://127.0.0.1:7400 \\\n"
+	    "      --kms-cert kms.crt.pem --kms-curve kms.curve.pub --cert peer1.crt.pem \\\n"
+	    "      --key peer1.key.pem --overlay psc.example\n",
+	    PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS, PSC_PEER_DEFAULT_DECISION_TIMEOUT_MS, 32,
+	    MAX_LIST);
 }
 
 static int parse_uint(const char *s, const char *what, unsigned long max, unsigned long *out)
@@ -449,34 +459,50 @@ static int parse_uint(const char *s, const char *what, unsigned long max, unsign
 }
 
 enum {
-	O_KMS = 256, O_KMS_CERT, O_KMS_CURVE, O_CERT, O_KEY, O_OVERLAY, O_ENDPOINT, O_TIMEOUT,
-	O_WAIT, O_ACCEPT_Q, O_ACCEPT_I, O_JOIN, O_ESTABLISH, O_LABEL, O_MEMBER, O_REFRESH,
-	O_MAX_MEMBERS, O_SENDER_SIGS, O_DECISION_TIMEOUT,
+	O_KMS = 256,
+	O_KMS_CERT,
+	O_KMS_CURVE,
+	O_CERT,
+	O_KEY,
+	O_OVERLAY,
+	O_ENDPOINT,
+	O_TIMEOUT,
+	O_WAIT,
+	O_ACCEPT_Q,
+	O_ACCEPT_I,
+	O_JOIN,
+	O_ESTABLISH,
+	O_LABEL,
+	O_MEMBER,
+	O_REFRESH,
+	O_MAX_MEMBERS,
+	O_SENDER_SIGS,
+	O_DECISION_TIMEOUT,
 };
 
 static const struct option long_opts[] = {
-	{"kms", required_argument, NULL, O_KMS},
-	{"kms-cert", required_argument, NULL, O_KMS_CERT},
-	{"kms-curve", required_argument, NULL, O_KMS_CURVE},
-	{"cert", required_argument, NULL, O_CERT},
-	{"key", required_argument, NULL, O_KEY},
-	{"overlay", required_argument, NULL, O_OVERLAY},
-	{"endpoint", required_argument, NULL, O_ENDPOINT},
-	{"timeout", required_argument, NULL, O_TIMEOUT},
-	{"decision-timeout", required_argument, NULL, O_DECISION_TIMEOUT},
-	{"wait", required_argument, NULL, O_WAIT},
-	{"accept-queries", no_argument, NULL, O_ACCEPT_Q},
-	{"accept-invites", no_argument, NULL, O_ACCEPT_I},
-	{"join", required_argument, NULL, O_JOIN},
-	{"establish", required_argument, NULL, O_ESTABLISH},
-	{"label", required_argument, NULL, O_LABEL},
-	{"member", required_argument, NULL, O_MEMBER},
-	{"refresh", required_argument, NULL, O_REFRESH},
-	{"max-members", required_argument, NULL, O_MAX_MEMBERS},
-	{"sender-signatures", no_argument, NULL, O_SENDER_SIGS},
-	{"quiet", no_argument, NULL, 'q'},
-	{"help", no_argument, NULL, 'h'},
-	{NULL, 0, NULL, 0},
+    {"kms", required_argument, NULL, O_KMS},
+    {"kms-cert", required_argument, NULL, O_KMS_CERT},
+    {"kms-curve", required_argument, NULL, O_KMS_CURVE},
+    {"cert", required_argument, NULL, O_CERT},
+    {"key", required_argument, NULL, O_KEY},
+    {"overlay", required_argument, NULL, O_OVERLAY},
+    {"endpoint", required_argument, NULL, O_ENDPOINT},
+    {"timeout", required_argument, NULL, O_TIMEOUT},
+    {"decision-timeout", required_argument, NULL, O_DECISION_TIMEOUT},
+    {"wait", required_argument, NULL, O_WAIT},
+    {"accept-queries", no_argument, NULL, O_ACCEPT_Q},
+    {"accept-invites", no_argument, NULL, O_ACCEPT_I},
+    {"join", required_argument, NULL, O_JOIN},
+    {"establish", required_argument, NULL, O_ESTABLISH},
+    {"label", required_argument, NULL, O_LABEL},
+    {"member", required_argument, NULL, O_MEMBER},
+    {"refresh", required_argument, NULL, O_REFRESH},
+    {"max-members", required_argument, NULL, O_MAX_MEMBERS},
+    {"sender-signatures", no_argument, NULL, O_SENDER_SIGS},
+    {"quiet", no_argument, NULL, 'q'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
 };
 
 /* Parses options; returns -1 on a usage error, 1 for --help, 0 otherwise. */
@@ -486,13 +512,27 @@ static int parse_opts(int argc, char **argv, opts *o)
 	unsigned long v;
 	while ((c = getopt_long(argc, argv, "qh", long_opts, NULL)) != -1) {
 		switch (c) {
-		case O_KMS: o->kms = optarg; break;
-		case O_KMS_CERT: o->kms_cert = optarg; break;
-		case O_KMS_CURVE: o->kms_curve = optarg; break;
-		case O_CERT: o->cert = optarg; break;
-		case O_KEY: o->key = optarg; break;
-		case O_OVERLAY: o->overlay = optarg; break;
-		case O_ENDPOINT: o->endpoint = optarg; break;
+		case O_KMS:
+			o->kms = optarg;
+			break;
+		case O_KMS_CERT:
+			o->kms_cert = optarg;
+			break;
+		case O_KMS_CURVE:
+			o->kms_curve = optarg;
+			break;
+		case O_CERT:
+			o->cert = optarg;
+			break;
+		case O_KEY:
+			o->key = optarg;
+			break;
+		case O_OVERLAY:
+			o->overlay = optarg;
+			break;
+		case O_ENDPOINT:
+			o->endpoint = optarg;
+			break;
 		case O_TIMEOUT:
 			if (parse_uint(optarg, "--timeout", 3600000, &v))
 				return -1;
@@ -508,10 +548,18 @@ static int parse_opts(int argc, char **argv, opts *o)
 				return -1;
 			o->wait_s = (int)v;
 			break;
-		case O_ACCEPT_Q: o->accept_queries = 1; break;
-		case O_ACCEPT_I: o->accept_invites = 1; break;
-		case O_JOIN: o->join = optarg; break;
-		case O_ESTABLISH: o->establish = optarg; break;
+		case O_ACCEPT_Q:
+			o->accept_queries = 1;
+			break;
+		case O_ACCEPT_I:
+			o->accept_invites = 1;
+			break;
+		case O_JOIN:
+			o->join = optarg;
+			break;
+		case O_ESTABLISH:
+			o->establish = optarg;
+			break;
 		case O_LABEL: {
 			char *eq = strchr(optarg, '=');
 			if (!eq || eq == optarg || o->n_labels >= MAX_LIST) {
@@ -527,7 +575,8 @@ static int parse_opts(int argc, char **argv, opts *o)
 		}
 		case O_MEMBER:
 			if (o->n_members >= MAX_LIST) {
-				fprintf(stderr, "psc-peer: at most %d --member options\n", MAX_LIST);
+				fprintf(stderr, "psc-peer: at most %d --member options\n",
+					MAX_LIST);
 				return -1;
 			}
 			if (parse_id(optarg, "--member Node-ID", o->members[o->n_members]))
@@ -544,10 +593,16 @@ static int parse_opts(int argc, char **argv, opts *o)
 				return -1;
 			o->max_members = (uint32_t)v;
 			break;
-		case O_SENDER_SIGS: o->sender_sigs = 1; break;
-		case 'q': o->quiet = 1; break;
-		case 'h': return 1;
-		default: return -1;
+		case O_SENDER_SIGS:
+			o->sender_sigs = 1;
+			break;
+		case 'q':
+			o->quiet = 1;
+			break;
+		case 'h':
+			return 1;
+		default:
+			return -1;
 		}
 	}
 	return 0;
@@ -602,15 +657,20 @@ int main(int argc, char **argv)
 		return EX_USAGE;
 	}
 	if (nargs < cmd->min_args || nargs > cmd->max_args) {
-		fprintf(stderr, "psc-peer: usage: psc-peer %s %s [OPTIONS]\n", cmd->name, cmd->args);
+		fprintf(stderr, "psc-peer: usage: psc-peer %s %s [OPTIONS]\n", cmd->name,
+			cmd->args);
 		return EX_USAGE;
 	}
 	if ((o.join || o.establish) && strcmp(cmd->name, "init") != 0) {
 		fprintf(stderr, "psc-peer: --join and --establish belong to 'init'\n");
 		return EX_USAGE;
 	}
-	const char *missing = !o.kms ? "--kms" : !o.kms_cert ? "--kms-cert" : !o.cert ? "--cert"
-			      : !o.key ? "--key" : !o.overlay ? "--overlay" : NULL;
+	const char *missing = !o.kms	    ? "--kms"
+			      : !o.kms_cert ? "--kms-cert"
+			      : !o.cert	    ? "--cert"
+			      : !o.key	    ? "--key"
+			      : !o.overlay  ? "--overlay"
+					    : NULL;
 	if (missing) {
 		fprintf(stderr, "psc-peer: %s is required. Try 'psc-peer --help'.\n", missing);
 		return EX_USAGE;
@@ -626,15 +686,26 @@ int main(int argc, char **argv)
 		return EX_USAGE;
 
 	psc_peer_callbacks cb = {
-		.on_epoch = cb_epoch, .on_gone = cb_gone, .on_query = cb_query,
-		.on_invite = cb_invite, .on_error = cb_error, .on_reconnect = cb_reconnect,
+	    .on_epoch = cb_epoch,
+	    .on_gone = cb_gone,
+	    .on_query = cb_query,
+	    .on_invite = cb_invite,
+	    .on_error = cb_error,
+	    .on_reconnect = cb_reconnect,
 	};
 	psc_peer_config cfg = {
-		.cert_file = o.cert, .key_file = o.key, .kms_endpoint = o.kms,
-		.kms_cert_file = o.kms_cert, .kms_curve_key = o.kms_curve, .overlay = o.overlay,
-		.data_endpoint = o.endpoint, .request_timeout_ms = o.timeout_ms,
-		.decision_timeout_ms = o.decision_timeout_ms,
-		.auto_reconnect = 1, .callbacks = &cb, .user = &o,
+	    .cert_file = o.cert,
+	    .key_file = o.key,
+	    .kms_endpoint = o.kms,
+	    .kms_cert_file = o.kms_cert,
+	    .kms_curve_key = o.kms_curve,
+	    .overlay = o.overlay,
+	    .data_endpoint = o.endpoint,
+	    .request_timeout_ms = o.timeout_ms,
+	    .decision_timeout_ms = o.decision_timeout_ms,
+	    .auto_reconnect = 1,
+	    .callbacks = &cb,
+	    .user = &o,
 	};
 	psc_peer *p = NULL;
 	psc_err err = {0};
@@ -653,7 +724,8 @@ int main(int argc, char **argv)
 		uint8_t me[PSC_PEER_ID_LEN];
 		psc_peer_node_id(p, me);
 		if (!o.quiet)
-			printf("registered as %s (KMS clock %+" PRId64 " ms from ours, %zu PSC(s))\n",
+			printf("registered as %s (KMS clock %+" PRId64
+			       " ms from ours, %zu PSC(s))\n",
 			       hex(me, h), ir.clock_skew_ms, ir.n_memberships);
 		print_outcome("join", &ir.join);
 		print_outcome("establish", &ir.establish);

@@ -44,10 +44,10 @@
 extern "C" {
 #endif
 
-#define PSC_PEER_ID_LEN 16          /* Node-ID and PSC ID bytes */
-#define PSC_PEER_NAME_MAX 255       /* PSC name bytes */
-#define PSC_PEER_ENDPOINT_MAX 255   /* data endpoint bytes */
-#define PSC_PEER_TEXT_MAX 1000      /* KMS error text bytes */
+#define PSC_PEER_ID_LEN 16	  /* Node-ID and PSC ID bytes */
+#define PSC_PEER_NAME_MAX 255	  /* PSC name bytes */
+#define PSC_PEER_ENDPOINT_MAX 255 /* data endpoint bytes */
+#define PSC_PEER_TEXT_MAX 1000	  /* KMS error text bytes */
 
 #define PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS 10000
 #define PSC_PEER_DEFAULT_FRESHNESS_MS 300000 /* ±300 s, docs/protocol.md §9 */
@@ -76,7 +76,7 @@ typedef struct psc_peer_query {
 	uint8_t psc_id[PSC_PEER_ID_LEN];
 	uint8_t requester[PSC_PEER_ID_LEN];
 	const char *requester_subject; /* RFC 2253 subject, NUL-terminated, borrowed */
-	uint32_t timeout_ms;           /* the KMS denies after this long */
+	uint32_t timeout_ms;	       /* the KMS denies after this long */
 } psc_peer_query;
 
 /* An Invite from the KMS: `inviter` (the owner) invites this peer. */
@@ -112,27 +112,27 @@ typedef struct psc_peer_callbacks {
 } psc_peer_callbacks;
 
 typedef struct psc_peer_config {
-	const char *cert_file;     /* this peer's certificate, PEM (EC P-256 or RSA) */
-	const char *key_file;      /* its private key, PEM, unencrypted */
+	const char *cert_file;	   /* this peer's certificate, PEM (EC P-256 or RSA) */
+	const char *key_file;	   /* its private key, PEM, unencrypted */
 	const char *kms_endpoint;  /* "tcp://host:port" */
 	const char *kms_cert_file; /* the KMS certificate, PEM: every KMS message must be
 				      signed by its key */
 	/* The KMS's CURVE public key: 40 Z85 characters, or a path to a file whose
 	 * first line holds them. NULL = plain TCP (tests, never production). */
 	const char *kms_curve_key;
-	const char *overlay;       /* overlay name, e.g. "psc.example" */
+	const char *overlay;	   /* overlay name, e.g. "psc.example" */
 	const char *data_endpoint; /* advertised at Initialize; NULL = none */
-	int request_timeout_ms;    /* 0 = PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS */
+	int request_timeout_ms;	   /* 0 = PSC_PEER_DEFAULT_REQUEST_TIMEOUT_MS */
 	/* Requests where the KMS waits on another party (Join may ask the owner,
 	 * Invite the invitee, a departure report the suspect): must exceed the
 	 * KMS's own waits. 0 = PSC_PEER_DEFAULT_DECISION_TIMEOUT_MS. */
 	int decision_timeout_ms;
-	int freshness_ms;          /* accepted clock skew of KMS requests; 0 = default */
+	int freshness_ms; /* accepted clock skew of KMS requests; 0 = default */
 	/* Re-Initialize + Catchup by itself when the KMS restarted or the
 	 * connection came back (0 = only on psc_peer_reconnect()). */
 	int auto_reconnect;
 	const psc_peer_callbacks *callbacks; /* copied; NULL = none */
-	void *user;                          /* passed to every callback */
+	void *user;			     /* passed to every callback */
 } psc_peer_config;
 
 /* Access-control information for a new PSC (docs/protocol.md §6.2). */
@@ -144,25 +144,25 @@ typedef struct psc_peer_label {
 typedef struct psc_peer_establish_params {
 	const char *name; /* 1..255 bytes, unique among live PSCs */
 	const psc_peer_label *labels;
-	size_t n_labels; /* at most 32 */
+	size_t n_labels;			   /* at most 32 */
 	const uint8_t (*members)[PSC_PEER_ID_LEN]; /* initial members besides us */
 	size_t n_members;
-	uint32_t refresh_s;   /* 0 = policy default */
-	uint32_t max_members; /* 0 = policy limit */
+	uint32_t refresh_s;    /* 0 = policy default */
+	uint32_t max_members;  /* 0 = policy limit */
 	int sender_signatures; /* 1: every group message must be signed by its sender */
 } psc_peer_establish_params;
 
 /* The result of an optional join/establish inside Initialize. */
 typedef struct psc_peer_outcome {
-	int requested;  /* 0: not asked for */
+	int requested;	 /* 0: not asked for */
 	uint16_t status; /* 0 ok, else a RELOAD error code (2 Forbidden, ...) */
 	uint8_t psc_id[PSC_PEER_ID_LEN];
-	char info[256];  /* NUL-terminated text from the KMS */
+	char info[256]; /* NUL-terminated text from the KMS */
 } psc_peer_outcome;
 
 typedef struct psc_peer_init_options {
-	const uint8_t *join_psc;                     /* 16 bytes, or NULL */
-	const psc_peer_establish_params *establish;  /* or NULL */
+	const uint8_t *join_psc;		    /* 16 bytes, or NULL */
+	const psc_peer_establish_params *establish; /* or NULL */
 } psc_peer_init_options;
 
 typedef struct psc_peer_init_result {
@@ -172,7 +172,7 @@ typedef struct psc_peer_init_result {
 	uint8_t wrap_alg;
 	psc_peer_outcome join;
 	psc_peer_outcome establish;
-	size_t n_memberships;  /* PSCs whose material came with the answer */
+	size_t n_memberships; /* PSCs whose material came with the answer */
 } psc_peer_init_result;
 
 typedef struct psc_peer_lookup_result {
@@ -189,23 +189,23 @@ typedef enum psc_peer_invite_outcome {
 } psc_peer_invite_outcome;
 
 typedef enum psc_peer_departure_outcome {
-	PSC_PEER_DEPARTURE_ALIVE = 1,   /* the suspect answered: nothing changed */
+	PSC_PEER_DEPARTURE_ALIVE = 1,	/* the suspect answered: nothing changed */
 	PSC_PEER_DEPARTURE_EVICTED = 2, /* it did not: evicted, PSC rekeyed */
 } psc_peer_departure_outcome;
 
 typedef struct psc_peer_catchup_result {
-	size_t updated;    /* PSCs with a newer epoch applied */
-	size_t current;    /* already current */
-	size_t gone;       /* destroyed or no longer a member: forgotten */
-	size_t failed;     /* material that did not unwrap (reported via on_error) */
+	size_t updated; /* PSCs with a newer epoch applied */
+	size_t current; /* already current */
+	size_t gone;	/* destroyed or no longer a member: forgotten */
+	size_t failed;	/* material that did not unwrap (reported via on_error) */
 } psc_peer_catchup_result;
 
 /* The last ErrorResponse the KMS sent this peer (docs/protocol.md §8). */
 typedef struct psc_peer_kms_error {
-	uint16_t error_code;  /* RELOAD error code; 0 = none yet */
-	uint16_t psc_reason;  /* PSC reason, 0 = none */
-	const char *code_name;   /* "Forbidden" */
-	const char *reason_name; /* "policy_denied", or "" */
+	uint16_t error_code;		  /* RELOAD error code; 0 = none yet */
+	uint16_t psc_reason;		  /* PSC reason, 0 = none */
+	const char *code_name;		  /* "Forbidden" */
+	const char *reason_name;	  /* "policy_denied", or "" */
 	char text[PSC_PEER_TEXT_MAX + 1]; /* NUL-terminated; control characters replaced */
 } psc_peer_kms_error;
 
@@ -214,12 +214,12 @@ typedef struct psc_peer_psc_info {
 	uint8_t psc_id[PSC_PEER_ID_LEN];
 	char name[PSC_PEER_NAME_MAX + 1];
 	uint8_t owner[PSC_PEER_ID_LEN];
-	uint64_t epoch;          /* current epoch held */
+	uint64_t epoch;		 /* current epoch held */
 	uint64_t previous_epoch; /* 0 unless the previous epoch is still in its grace period */
 	uint16_t suite;
 	int sender_signatures;
-	uint32_t grace_ms;       /* of the current epoch */
-	size_t n_members;        /* known member list (may be 0 if never sent in full) */
+	uint32_t grace_ms; /* of the current epoch */
+	size_t n_members;  /* known member list (may be 0 if never sent in full) */
 	int is_owner;
 } psc_peer_psc_info;
 
@@ -281,8 +281,7 @@ psc_rc psc_peer_report_departure(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_L
 				 psc_peer_departure_outcome *outcome, psc_err *err) PSC_WUR;
 
 /* Owner: destroys a PSC. On success its epochs are wiped here too. */
-psc_rc psc_peer_destroy(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN], psc_err *err)
-	PSC_WUR;
+psc_rc psc_peer_destroy(psc_peer *p, const uint8_t psc_id[PSC_PEER_ID_LEN], psc_err *err) PSC_WUR;
 
 /* Asks the KMS for the current epoch of every PSC held (and of PSCs we were
  * added to meanwhile) and applies the answer. res may be NULL. */

@@ -1,8 +1,8 @@
 /*
  * libpscpeer against a real psc-kmsd: a SoftHSM token with the key ceremony
  * done, the KMS certificate issued by the test CA, CURVE on, the integration
- * policy (policy.yaml here: ../policy.yaml with a real ask_owner case). Several psc_peer objects in this process play the
- * peers; a peer that must answer the KMS while another one waits serves its
+ * policy (policy.yaml here: ../policy.yaml with a real ask_owner case). Several psc_peer objects in
+ * this process play the peers; a peer that must answer the KMS while another one waits serves its
  * socket on a thread (psc_peer objects are independent; each is used by one
  * thread at a time).
  * What this proves beyond the unit tests: the HSM's wraps unwrap in the SDK
@@ -94,8 +94,8 @@ static void a_reconnect(void *u)
 	((agent *)u)->reconnects++;
 }
 
-static const psc_peer_callbacks callbacks = {a_epoch, a_gone, a_query, a_invite, a_error,
-					     a_reconnect};
+static const psc_peer_callbacks callbacks = {a_epoch,  a_gone,	a_query,
+					     a_invite, a_error, a_reconnect};
 
 static agent *agent_new(const char *name, int invite_callback)
 {
@@ -112,10 +112,17 @@ static agent *agent_new(const char *name, int invite_callback)
 	char kmsep[64];
 	snprintf(kmsep, sizeof(kmsep), "tcp://127.0.0.1:%d", K.port);
 	psc_peer_config cfg = {
-		.cert_file = cert, .key_file = key, .kms_endpoint = kmsep,
-		.kms_cert_file = K.cert, .kms_curve_key = K.curve, .overlay = "psc.test",
-		.data_endpoint = ep, .request_timeout_ms = 15000, .auto_reconnect = 1,
-		.callbacks = &cb, .user = a,
+	    .cert_file = cert,
+	    .key_file = key,
+	    .kms_endpoint = kmsep,
+	    .kms_cert_file = K.cert,
+	    .kms_curve_key = K.curve,
+	    .overlay = "psc.test",
+	    .data_endpoint = ep,
+	    .request_timeout_ms = 15000,
+	    .auto_reconnect = 1,
+	    .callbacks = &cb,
+	    .user = a,
 	};
 	psc_err err = {0};
 	if (psc_peer_new(&a->p, &cfg, &err) != PSC_OK)
@@ -263,8 +270,8 @@ static int group_setup(void **state)
 	snprintf(kmsdir, sizeof(kmsdir), "%s/kms", K.dir);
 	snprintf(port, sizeof(port), "%d", K.port);
 	snprintf(K.log, sizeof(K.log), "%s/kmsd.log", K.dir);
-	char *argv[] = {"/bin/bash", PSC_MKKMS, kmsdir, (char *)pt_ca_dir(), PSC_KMS_BIN_DIR,
-			port, PSC_PEER_POLICY, NULL};
+	char *argv[] = {"/bin/bash",	 PSC_MKKMS, kmsdir,	     (char *)pt_ca_dir(),
+			PSC_KMS_BIN_DIR, port,	    PSC_PEER_POLICY, NULL};
 	char *out = NULL;
 	int rc = pt_run(argv, &out, 120000);
 	if (rc != 0) {
@@ -379,8 +386,7 @@ static void test_policy_and_owner_decisions(void **state)
 static void test_invite(void **state)
 {
 	(void)state;
-	agent *a = agent_new("peer1", 1), *yes = agent_new("peer3", 1),
-	      *no = agent_new("peer4", 0);
+	agent *a = agent_new("peer1", 1), *yes = agent_new("peer3", 1), *no = agent_new("peer4", 0);
 	uint8_t id[16];
 	establish(a, "it-room-3", id);
 	yes->invite_accept = 1;
@@ -480,9 +486,9 @@ static void test_eviction_of_silent_member(void **state)
 	agent_free(&b); /* b goes away without leaving */
 	psc_err err = {0};
 	psc_peer_departure_outcome oc;
-	if (psc_peer_report_departure(a->p, id, (uint8_t[16]){0x50, 0x53, 0x43, 0x0a, 0, 0, 0, 0,
-							      0, 0, 0, 0, 0, 0, 0, 3},
-				      &oc, &err) != PSC_OK)
+	if (psc_peer_report_departure(
+		a->p, id, (uint8_t[16]){0x50, 0x53, 0x43, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3},
+		&oc, &err) != PSC_OK)
 		fail_msg("report: %s", psc_err_text(&err));
 	assert_int_equal(oc, PSC_PEER_DEPARTURE_EVICTED);
 	agent_drain(a, 300);
@@ -530,8 +536,9 @@ static int cli(char **out, const char *peer, ...)
 	for (char *a = va_arg(ap, char *); a && n < 24; a = va_arg(ap, char *))
 		argv[n++] = a;
 	va_end(ap);
-	char *common[] = {"--kms", kmsep, "--kms-cert", K.cert, "--kms-curve", K.curve,
-			  "--cert", cert, "--key", key, "--overlay", "psc.test", NULL};
+	char *common[] = {"--kms",     kmsep,	   "--kms-cert", K.cert,  "--kms-curve",
+			  K.curve,     "--cert",   cert,	 "--key", key,
+			  "--overlay", "psc.test", NULL};
 	for (int i = 0; common[i]; i++)
 		argv[n++] = common[i];
 	argv[n] = NULL;
@@ -542,8 +549,8 @@ static void test_cli(void **state)
 {
 	(void)state;
 	char *out = NULL;
-	assert_int_equal(cli(&out, "peer3", "establish", "it-cli-room", "--label", "team=ops", NULL),
-			 0);
+	assert_int_equal(
+	    cli(&out, "peer3", "establish", "it-cli-room", "--label", "team=ops", NULL), 0);
 	assert_non_null(strstr(out, "established PSC 'it-cli-room'"));
 	char *idp = strstr(out, "id      ");
 	assert_non_null(idp);
@@ -565,9 +572,10 @@ static void test_cli(void **state)
 	snprintf(key, sizeof(key), "%s.key.pem", pt_ca_path("peer3"));
 	snprintf(kmsep, sizeof(kmsep), "tcp://127.0.0.1:%d", K.port);
 	snprintf(log, sizeof(log), "%s/owner-cli.log", K.dir);
-	char *argv[] = {PSC_PEER_CLI, "init", "--wait", "8", "--accept-queries", "--kms", kmsep,
-			"--kms-cert", K.cert, "--kms-curve", K.curve, "--cert", cert, "--key",
-			key, "--overlay", "psc.test", NULL};
+	char *argv[] = {PSC_PEER_CLI, "init",	  "--wait",	"8",	 "--accept-queries",
+			"--kms",      kmsep,	  "--kms-cert", K.cert,	 "--kms-curve",
+			K.curve,      "--cert",	  cert,		"--key", key,
+			"--overlay",  "psc.test", NULL};
 	pt_proc owner;
 	assert_int_equal(pt_proc_start(&owner, argv, NULL, log), 0);
 	usleep(1500 * 1000); /* registered and serving */
@@ -591,13 +599,13 @@ static void test_cli(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_establish_join_refresh),
-		cmocka_unit_test(test_policy_and_owner_decisions),
-		cmocka_unit_test(test_invite),
-		cmocka_unit_test(test_leave_departure_destroy),
-		cmocka_unit_test(test_eviction_of_silent_member),
-		cmocka_unit_test(test_kms_restart),
-		cmocka_unit_test(test_cli),
+	    cmocka_unit_test(test_establish_join_refresh),
+	    cmocka_unit_test(test_policy_and_owner_decisions),
+	    cmocka_unit_test(test_invite),
+	    cmocka_unit_test(test_leave_departure_destroy),
+	    cmocka_unit_test(test_eviction_of_silent_member),
+	    cmocka_unit_test(test_kms_restart),
+	    cmocka_unit_test(test_cli),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -60,8 +60,10 @@ int fk_open(fake_kms *k, const char *peer, int curve)
 	if (proto_cert_node_id(kc, FK_OVERLAY, k->node_id, NULL) != PSC_OK)
 		return -1;
 	X509_free(kc);
-	k->signer = (proto_signer){.key = k->key, .cert_der = k->cert_der,
-				   .cert_len = k->cert_len, .omit_certificates = 1};
+	k->signer = (proto_signer){.key = k->key,
+				   .cert_der = k->cert_der,
+				   .cert_len = k->cert_len,
+				   .omit_certificates = 1};
 
 	char fn[64];
 	snprintf(fn, sizeof(fn), "%s.crt.pem", peer);
@@ -149,23 +151,34 @@ int fk_send_raw(fake_kms *k, const uint8_t *buf, size_t len)
 static void set_ts(psc_body *b, uint64_t ts)
 {
 	switch (b->code) {
-	case PSC_MSG_QUERY_REQ: b->u.query_req.timestamp = ts; break;
-	case PSC_MSG_INVITE_REQ: b->u.invite_req.timestamp = ts; break;
-	case PSC_MSG_REFRESH_REQ: b->u.refresh_req.timestamp = ts; break;
-	case PSC_MSG_LIVENESS_REQ: b->u.liveness.timestamp = ts; break;
-	default: break;
+	case PSC_MSG_QUERY_REQ:
+		b->u.query_req.timestamp = ts;
+		break;
+	case PSC_MSG_INVITE_REQ:
+		b->u.invite_req.timestamp = ts;
+		break;
+	case PSC_MSG_REFRESH_REQ:
+		b->u.refresh_req.timestamp = ts;
+		break;
+	case PSC_MSG_LIVENESS_REQ:
+		b->u.liveness.timestamp = ts;
+		break;
+	default:
+		break;
 	}
 }
 
-int fk_build_req(fake_kms *k, const proto_signer *s, psc_body *b, uint64_t timestamp,
-		 uint64_t txid, uint8_t **out, size_t *out_len)
+int fk_build_req(fake_kms *k, const proto_signer *s, psc_body *b, uint64_t timestamp, uint64_t txid,
+		 uint8_t **out, size_t *out_len)
 {
 	set_ts(b, timestamp ? timestamp : fk_now_ms());
 	uint8_t *enc = NULL;
 	size_t enc_len = 0;
 	if (proto_body_encode(b, &enc, &enc_len, NULL) != PSC_OK)
 		return -1;
-	proto_envelope env = {.overlay = k->overlay, .transaction_id = txid, .code = b->code,
+	proto_envelope env = {.overlay = k->overlay,
+			      .transaction_id = txid,
+			      .code = b->code,
 			      .dest_node = k->peer_node};
 	psc_rc rc = proto_message_build(&env, enc, enc_len, s, out, out_len, NULL);
 	free(enc);
@@ -187,8 +200,7 @@ int fk_send_req(fake_kms *k, psc_body *b, uint64_t timestamp, uint64_t *out_txid
 	return r;
 }
 
-static int send_body(fake_kms *k, uint64_t txid, uint16_t code, const uint8_t *enc,
-		     size_t enc_len)
+static int send_body(fake_kms *k, uint64_t txid, uint16_t code, const uint8_t *enc, size_t enc_len)
 {
 	proto_envelope env = {.overlay = k->overlay, .transaction_id = txid, .code = code};
 	uint8_t *msg = NULL;
@@ -213,8 +225,10 @@ int fk_answer(fake_kms *k, const fk_msg *req, psc_body *b)
 
 int fk_error(fake_kms *k, const fk_msg *req, uint16_t code, uint16_t reason, const char *text)
 {
-	proto_error e = {.error_code = code, .psc_reason = reason,
-			 .text = (const uint8_t *)text, .text_len = text ? strlen(text) : 0};
+	proto_error e = {.error_code = code,
+			 .psc_reason = reason,
+			 .text = (const uint8_t *)text,
+			 .text_len = text ? strlen(text) : 0};
 	uint8_t *enc = NULL;
 	size_t enc_len = 0;
 	if (proto_error_encode(&e, &enc, &enc_len) != PSC_OK)
@@ -226,21 +240,25 @@ int fk_error(fake_kms *k, const fk_msg *req, uint16_t code, uint16_t reason, con
 
 /* ECDH-P256-AESPRF-KWP as the HSM does it: ephemeral key, Z, context, KEK
  * = AES-256-ECB_Z(context), RFC 5649 wrap of the secret under KEK. */
-static int wrap_ec(fake_kms *k, const uint8_t psc_id[16], uint64_t epoch,
-		   const uint8_t secret[32], uint8_t eph[65], uint8_t *out, size_t *out_len)
+static int wrap_ec(fake_kms *k, const uint8_t psc_id[16], uint64_t epoch, const uint8_t secret[32],
+		   uint8_t eph[65], uint8_t *out, size_t *out_len)
 {
 	EVP_PKEY *e = EVP_EC_gen("P-256");
 	size_t el = 0;
 	uint8_t z[32], ctxh[32], kek[32];
 	size_t zl = sizeof(z);
-	int ok = e && EVP_PKEY_get_octet_string_param(e, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, eph,
-						      65, &el) == 1 && el == 65;
+	int ok = e &&
+		 EVP_PKEY_get_octet_string_param(e, OSSL_PKEY_PARAM_ENCODED_PUBLIC_KEY, eph, 65,
+						 &el) == 1 &&
+		 el == 65;
 	EVP_PKEY_CTX *d = ok ? EVP_PKEY_CTX_new(e, NULL) : NULL;
-	ok = ok && d && EVP_PKEY_derive_init(d) == 1 && EVP_PKEY_derive_set_peer(d, k->peer_pub) == 1 &&
-	     EVP_PKEY_derive(d, z, &zl) == 1 && zl == 32;
+	ok = ok && d && EVP_PKEY_derive_init(d) == 1 &&
+	     EVP_PKEY_derive_set_peer(d, k->peer_pub) == 1 && EVP_PKEY_derive(d, z, &zl) == 1 &&
+	     zl == 32;
 	EVP_PKEY_CTX_free(d);
 	EVP_PKEY_free(e);
-	ok = ok && proto_keywrap_context(psc_id, epoch, k->peer_node, eph, 65, ctxh, NULL) == PSC_OK &&
+	ok = ok &&
+	     proto_keywrap_context(psc_id, epoch, k->peer_node, eph, 65, ctxh, NULL) == PSC_OK &&
 	     proto_keywrap_kek(z, ctxh, kek, NULL) == PSC_OK;
 	EVP_CIPHER_CTX *c = ok ? EVP_CIPHER_CTX_new() : NULL;
 	int l1 = 0, l2 = 0;
@@ -263,15 +281,16 @@ static int wrap_rsa(fake_kms *k, uint8_t alg, const uint8_t secret[32], uint8_t 
 	*out_len = 1024;
 	int ok = c && EVP_PKEY_encrypt_init(c) == 1 &&
 		 EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING) == 1 &&
-		 EVP_PKEY_CTX_set_rsa_oaep_md(c, md) == 1 && EVP_PKEY_CTX_set_rsa_mgf1_md(c, md) == 1 &&
+		 EVP_PKEY_CTX_set_rsa_oaep_md(c, md) == 1 &&
+		 EVP_PKEY_CTX_set_rsa_mgf1_md(c, md) == 1 &&
 		 EVP_PKEY_encrypt(c, out, out_len, secret, 32) == 1;
 	EVP_PKEY_CTX_free(c);
 	return ok ? 0 : -1;
 }
 
 int fk_material(fake_kms *k, proto_material *m, fk_mat_store *st, uint8_t alg,
-		const uint8_t psc_id[16], uint64_t epoch, const char *name,
-		const uint8_t owner[16], uint32_t grace_ms, const uint8_t secret[32])
+		const uint8_t psc_id[16], uint64_t epoch, const char *name, const uint8_t owner[16],
+		uint32_t grace_ms, const uint8_t secret[32])
 {
 	memset(m, 0, sizeof(*m));
 	memset(st, 0, sizeof(*st));

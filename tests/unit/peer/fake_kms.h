@@ -25,9 +25,9 @@ typedef struct fk_msg {
 	uint8_t *buf;
 	size_t len;
 	proto_message m;
-	psc_body b;       /* when m.code != 0xffff */
-	proto_error e;    /* when m.code == 0xffff */
-	int verified;     /* signature verified with the peer's certificate */
+	psc_body b;    /* when m.code != 0xffff */
+	proto_error e; /* when m.code == 0xffff */
+	int verified;  /* signature verified with the peer's certificate */
 } fk_msg;
 
 typedef struct fake_kms fake_kms;
@@ -70,8 +70,8 @@ void fk_msg_free(fk_msg *m);
 int fk_send_req(fake_kms *k, psc_body *b, uint64_t timestamp, uint64_t *out_txid);
 int fk_send_raw(fake_kms *k, const uint8_t *buf, size_t len);
 /* Builds a signed request (the caller frees *out). */
-int fk_build_req(fake_kms *k, const proto_signer *s, psc_body *b, uint64_t timestamp,
-		 uint64_t txid, uint8_t **out, size_t *out_len);
+int fk_build_req(fake_kms *k, const proto_signer *s, psc_body *b, uint64_t timestamp, uint64_t txid,
+		 uint8_t **out, size_t *out_len);
 int fk_answer(fake_kms *k, const fk_msg *req, psc_body *b);
 int fk_error(fake_kms *k, const fk_msg *req, uint16_t code, uint16_t reason, const char *text);
 
@@ -84,8 +84,8 @@ typedef struct fk_mat_store {
 	proto_member members[4];
 } fk_mat_store;
 int fk_material(fake_kms *k, proto_material *m, fk_mat_store *st, uint8_t alg,
-		const uint8_t psc_id[16], uint64_t epoch, const char *name,
-		const uint8_t owner[16], uint32_t grace_ms, const uint8_t secret[32]);
+		const uint8_t psc_id[16], uint64_t epoch, const char *name, const uint8_t owner[16],
+		uint32_t grace_ms, const uint8_t secret[32]);
 
 /* Runs handler for each message the peer sends, on a thread, until stopped. */
 int fk_serve_start(fake_kms *k, fk_handler h, void *arg);

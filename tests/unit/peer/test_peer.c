@@ -43,7 +43,7 @@ typedef struct t {
 	seen s;
 	psc_peer_callbacks cb;
 	uint8_t me[16];
-	uint8_t other[16];  /* peer2's Node-ID, another member */
+	uint8_t other[16]; /* peer2's Node-ID, another member */
 	uint8_t psc[16];
 	uint8_t secret[32];
 } t;
@@ -107,15 +107,21 @@ static int new_peer(t *x, const char *name, int curve, int timeout_ms, int auto_
 	snprintf(key, sizeof(key), "%s", pt_ca_path(name));
 	strcat(key, ".key.pem");
 	snprintf(kcert, sizeof(kcert), "%s", pt_ca_path("kms.crt.pem"));
-	x->cb = (psc_peer_callbacks){cb_epoch, cb_gone, cb_query, cb_invite, cb_error,
-				     cb_reconnect};
+	x->cb =
+	    (psc_peer_callbacks){cb_epoch, cb_gone, cb_query, cb_invite, cb_error, cb_reconnect};
 	psc_peer_config cfg = {
-		.cert_file = cert, .key_file = key, .kms_endpoint = x->k.endpoint,
-		.kms_cert_file = kcert, .kms_curve_key = curve ? x->k.curve_pub : NULL,
-		.overlay = FK_OVERLAY, .data_endpoint = "tcp://127.0.0.1:7002",
-		.request_timeout_ms = timeout_ms, .decision_timeout_ms = 2 * timeout_ms,
-		.auto_reconnect = auto_reconnect,
-		.callbacks = &x->cb, .user = &x->s,
+	    .cert_file = cert,
+	    .key_file = key,
+	    .kms_endpoint = x->k.endpoint,
+	    .kms_cert_file = kcert,
+	    .kms_curve_key = curve ? x->k.curve_pub : NULL,
+	    .overlay = FK_OVERLAY,
+	    .data_endpoint = "tcp://127.0.0.1:7002",
+	    .request_timeout_ms = timeout_ms,
+	    .decision_timeout_ms = 2 * timeout_ms,
+	    .auto_reconnect = auto_reconnect,
+	    .callbacks = &x->cb,
+	    .user = &x->s,
 	};
 	psc_err err = {0};
 	psc_rc rc = psc_peer_new(&x->p, &cfg, &err);
@@ -167,15 +173,15 @@ typedef struct script {
 	t *x;
 	int n_init, n_catchup, n_lookup, n_other;
 	uint8_t wrap_alg;
-	uint64_t epoch;         /* material epoch in Initialize memberships; 0 = none */
-	int lookup_not_init;    /* answer the first Lookup with Forbidden/not_initialized */
+	uint64_t epoch;		      /* material epoch in Initialize memberships; 0 = none */
+	int lookup_not_init;	      /* answer the first Lookup with Forbidden/not_initialized */
 	int error_code, error_reason; /* answer every non-Initialize request with this */
-	int query_first;        /* on Join: send a Query first and wait for its answer */
+	int query_first;	      /* on Join: send a Query first and wait for its answer */
 	int query_answered, query_accept;
-	fk_msg last;            /* a copy of the last non-Initialize request's body fields */
+	fk_msg last; /* a copy of the last non-Initialize request's body fields */
 	uint16_t last_code;
 	int last_verified;
-	psc_body last_body;     /* pointers dangle after the handler returns: scalars only */
+	psc_body last_body; /* pointers dangle after the handler returns: scalars only */
 	size_t last_n_certs;
 	int catchup_held;
 } script;
@@ -192,8 +198,9 @@ static void answer_init(fake_kms *k, fk_msg *req, script *sc)
 	proto_material m;
 	fk_mat_store st;
 	if (sc->epoch) {
-		assert_int_equal(fk_material(k, &m, &st, sc->wrap_alg, x->psc, sc->epoch, "ops-room",
-					     x->me, 1000, x->secret), 0);
+		assert_int_equal(fk_material(k, &m, &st, sc->wrap_alg, x->psc, sc->epoch,
+					     "ops-room", x->me, 1000, x->secret),
+				 0);
 		a.u.initialize_ans.memberships.items = &m;
 		a.u.initialize_ans.memberships.n = 1;
 	}
@@ -249,7 +256,7 @@ static void handler(fake_kms *k, fk_msg *req, void *arg)
 			memcpy(q.u.query_req.psc_id, sc->x->psc, 16);
 			memcpy(q.u.query_req.requester, sc->x->other, 16);
 			q.u.query_req.requester_subject =
-				(proto_bytes){(const uint8_t *)"CN=peer2", 8};
+			    (proto_bytes){(const uint8_t *)"CN=peer2", 8};
 			q.u.query_req.timeout_ms = 5000;
 			fk_send_req(k, &q, 0, NULL);
 			fk_msg qa;
@@ -264,7 +271,8 @@ static void handler(fake_kms *k, fk_msg *req, void *arg)
 		fk_mat_store st;
 		assert_int_equal(fk_material(k, &a.u.join_ans.material, &st, sc->wrap_alg,
 					     req->b.u.psc_req.psc_id, 7, "ops-room", sc->x->other,
-					     1000, sc->x->secret), 0);
+					     1000, sc->x->secret),
+				 0);
 		fk_answer(k, req, &a);
 		return;
 	}
@@ -273,8 +281,9 @@ static void handler(fake_kms *k, fk_msg *req, void *arg)
 		fk_mat_store st;
 		uint8_t id[16];
 		memset(id, 0x3c, 16);
-		assert_int_equal(fk_material(k, &a.u.establish_ans.material, &st, sc->wrap_alg,
-					     id, 1, "new-room", sc->x->me, 0, sc->x->secret), 0);
+		assert_int_equal(fk_material(k, &a.u.establish_ans.material, &st, sc->wrap_alg, id,
+					     1, "new-room", sc->x->me, 0, sc->x->secret),
+				 0);
 		proto_node_id_t pend[1];
 		memcpy(pend[0], sc->x->other, 16);
 		a.u.establish_ans.pending.items = pend;
@@ -349,7 +358,8 @@ static void send_refresh(t *x, uint8_t reason, uint64_t e, uint32_t grace_ms,
 	fk_mat_store st;
 	assert_int_equal(fk_material(&x->k, &b.u.refresh_req.material, &st,
 				     PSC_WRAP_ECDH_P256_AESPRF_KWP, x->psc, e, "ops-room", x->me,
-				     grace_ms, secret), 0);
+				     grace_ms, secret),
+			 0);
 	assert_int_equal(fk_send_req(&x->k, &b, 0, NULL), 0);
 }
 
@@ -405,8 +415,11 @@ static void test_new_rejects_bad_config(void **state)
 	snprintf(cert, sizeof(cert), "%s", pt_ca_path("peer1.crt.pem"));
 	snprintf(key, sizeof(key), "%s", pt_ca_path("peer2.key.pem"));
 	snprintf(kcert, sizeof(kcert), "%s", pt_ca_path("kms.crt.pem"));
-	cfg = (psc_peer_config){.cert_file = cert, .key_file = key, .kms_endpoint = x->k.endpoint,
-				.kms_cert_file = kcert, .overlay = FK_OVERLAY};
+	cfg = (psc_peer_config){.cert_file = cert,
+				.key_file = key,
+				.kms_endpoint = x->k.endpoint,
+				.kms_cert_file = kcert,
+				.overlay = FK_OVERLAY};
 	assert_int_equal(psc_peer_new(&p, &cfg, &err), PSC_E_PEER_IDENTITY);
 	assert_non_null(strstr(err.detail, "does not belong"));
 
@@ -531,7 +544,8 @@ static void test_refresh_wrong_signer_rejected(void **state)
 	fk_mat_store st;
 	assert_int_equal(fk_material(&x->k, &b.u.refresh_req.material, &st,
 				     PSC_WRAP_ECDH_P256_AESPRF_KWP, x->psc, 4, "ops-room", x->me,
-				     1000, s4), 0);
+				     1000, s4),
+			 0);
 
 	/* (a) Signed by peer2 with its own certificate: not the KMS. */
 	FILE *f = fopen(pt_ca_path("peer2.key.pem"), "r");
@@ -563,7 +577,9 @@ static void test_refresh_wrong_signer_rejected(void **state)
 	assert_int_equal(x->s.last_error, PSC_E_PEER_NOT_KMS);
 
 	/* (b) Claims the KMS certificate but is signed by another key. */
-	proto_signer liar = {.key = k2, .cert_der = x->k.cert_der, .cert_len = x->k.cert_len,
+	proto_signer liar = {.key = k2,
+			     .cert_der = x->k.cert_der,
+			     .cert_len = x->k.cert_len,
 			     .omit_certificates = 1};
 	assert_int_equal(fk_build_req(&x->k, &liar, &b, 0, 78, &msg, &len), 0);
 	assert_int_equal(fk_send_raw(&x->k, msg, len), 0);
@@ -599,14 +615,17 @@ static void batch_refresh(t *x, uint64_t epoch, const uint8_t secret[32], uint8_
 		bodies[i].u.refresh_req.reason = PSC_REFRESH_JOIN;
 		assert_int_equal(fk_material(&x->k, &bodies[i].u.refresh_req.material, &st[i],
 					     PSC_WRAP_ECDH_P256_AESPRF_KWP, x->psc, epoch,
-					     "ops-room", x->me, 1000, secret), 0);
+					     "ops-room", x->me, 1000, secret),
+				 0);
 		assert_int_equal(proto_body_encode(&bodies[i], &enc[i], &enc_len[i], NULL), PSC_OK);
 		env[i] = (proto_envelope){.overlay = x->k.overlay,
 					  .transaction_id = 1000 + (uint64_t)i + epoch * 10,
-					  .code = PSC_MSG_REFRESH_REQ, .dest_node = x->k.peer_node};
+					  .code = PSC_MSG_REFRESH_REQ,
+					  .dest_node = x->k.peer_node};
 	}
 	assert_int_equal(proto_message_build_batch(env, (const uint8_t *const *)enc, enc_len, 3,
-						   &x->k.signer, outs, lens, NULL), PSC_OK);
+						   &x->k.signer, outs, lens, NULL),
+			 PSC_OK);
 	for (int i = 0; i < 3; i++) {
 		free(enc[i]);
 		if (i != 1)
@@ -883,7 +902,8 @@ static void test_unwrap_failure_not_acked(void **state)
 	/* Wrapped for epoch 4, announced as epoch 5: the context differs. */
 	assert_int_equal(fk_material(&x->k, &b.u.refresh_req.material, &st,
 				     PSC_WRAP_ECDH_P256_AESPRF_KWP, x->psc, 4, "ops-room", x->me,
-				     1000, s4), 0);
+				     1000, s4),
+			 0);
 	b.u.refresh_req.material.epoch = 5;
 	assert_int_equal(fk_send_req(&x->k, &b, 0, NULL), 0);
 	pump(x);
@@ -1000,9 +1020,13 @@ static void test_other_flows(void **state)
 	psc_err err = {0};
 
 	psc_peer_label labels[] = {{"team", "ops"}};
-	psc_peer_establish_params ep = {.name = "new-room", .labels = labels, .n_labels = 1,
-					.members = (const uint8_t(*)[16])x->other, .n_members = 1,
-					.refresh_s = 3600, .sender_signatures = 1};
+	psc_peer_establish_params ep = {.name = "new-room",
+					.labels = labels,
+					.n_labels = 1,
+					.members = (const uint8_t(*)[16])x->other,
+					.n_members = 1,
+					.refresh_s = 3600,
+					.sender_signatures = 1};
 	uint8_t id[16];
 	uint64_t epoch = 0;
 	size_t pending = 0;
@@ -1064,7 +1088,8 @@ static void catchup_handler(fake_kms *k, fk_msg *req, void *arg)
 	memset(s9, 0x99, 32);
 	e[0].status = PSC_CATCHUP_NEWER;
 	assert_int_equal(fk_material(k, &e[0].material, &st, PSC_WRAP_ECDH_P256_AESPRF_KWP, x->psc,
-				     9, "ops-room", x->me, 0, s9), 0);
+				     9, "ops-room", x->me, 0, s9),
+			 0);
 	e[1].status = PSC_CATCHUP_DESTROYED;
 	memset(e[1].psc_id, 0x3c, 16);
 	e[1].epoch = 2;
@@ -1109,7 +1134,7 @@ static void test_reinitializes_when_kms_forgot_us(void **state)
 	fk_serve_stop(&x->k);
 	if (rc != PSC_OK)
 		fail_msg("lookup: %s", psc_err_text(&err));
-	assert_int_equal(sc.n_init, 2);    /* the first one, and the re-Initialize */
+	assert_int_equal(sc.n_init, 2);	   /* the first one, and the re-Initialize */
 	assert_int_equal(sc.n_catchup, 1); /* caught up after it */
 	assert_int_equal(sc.n_lookup, 2);  /* retried with a new transaction id */
 	assert_int_equal(x->s.reconnects, 1);
@@ -1218,10 +1243,11 @@ static void forged_then_real(fake_kms *k, fk_msg *req, void *arg)
 	uint8_t *enc = NULL, *msg = NULL;
 	size_t enc_len = 0, len = 0;
 	assert_int_equal(proto_body_encode(&a, &enc, &enc_len, NULL), PSC_OK);
-	proto_envelope env = {.overlay = k->overlay, .transaction_id = req->m.transaction_id,
+	proto_envelope env = {.overlay = k->overlay,
+			      .transaction_id = req->m.transaction_id,
 			      .code = PSC_MSG_LOOKUP_ANS};
-	proto_signer liar = {.key = k2, .cert_der = k->cert_der, .cert_len = k->cert_len,
-			     .omit_certificates = 1};
+	proto_signer liar = {
+	    .key = k2, .cert_der = k->cert_der, .cert_len = k->cert_len, .omit_certificates = 1};
 	assert_int_equal(proto_message_build(&env, enc, enc_len, &liar, &msg, &len, NULL), PSC_OK);
 	fk_send_raw(k, msg, len);
 	free(msg);
@@ -1269,12 +1295,14 @@ static void test_misaddressed_and_malformed_requests(void **state)
 
 	/* A signed request whose body does not decode: Invalid_Message. */
 	uint8_t junk[3] = {1, 2, 3};
-	proto_envelope env = {.overlay = x->k.overlay, .transaction_id = 99,
-			      .code = PSC_MSG_REFRESH_REQ, .dest_node = x->k.peer_node};
+	proto_envelope env = {.overlay = x->k.overlay,
+			      .transaction_id = 99,
+			      .code = PSC_MSG_REFRESH_REQ,
+			      .dest_node = x->k.peer_node};
 	uint8_t *msg = NULL;
 	size_t len = 0;
-	assert_int_equal(proto_message_build(&env, junk, sizeof(junk), &x->k.signer, &msg, &len,
-					     NULL), PSC_OK);
+	assert_int_equal(
+	    proto_message_build(&env, junk, sizeof(junk), &x->k.signer, &msg, &len, NULL), PSC_OK);
 	assert_int_equal(fk_send_raw(&x->k, msg, len), 0);
 	free(msg);
 	pump(x);
@@ -1285,7 +1313,8 @@ static void test_misaddressed_and_malformed_requests(void **state)
 
 	/* Bytes that are not RELOAD at all, and a two-frame message: dropped. */
 	assert_int_equal(fk_send_raw(&x->k, junk, sizeof(junk)), 0);
-	assert_int_equal(zmq_send(x->k.router, x->k.rid, x->k.rid_len, ZMQ_SNDMORE), (int)x->k.rid_len);
+	assert_int_equal(zmq_send(x->k.router, x->k.rid, x->k.rid_len, ZMQ_SNDMORE),
+			 (int)x->k.rid_len);
 	assert_int_equal(zmq_send(x->k.router, junk, 1, ZMQ_SNDMORE), 1);
 	assert_int_equal(zmq_send(x->k.router, junk, 1, 0), 1);
 	pump(x);
@@ -1307,38 +1336,34 @@ static int setup_curve(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_new_rejects_bad_config, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_initialize_round_trip, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_initialize_request_fields, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_refresh_applied_and_acked, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_stale_refresh_ignored_but_acked, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_refresh_wrong_signer_rejected, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_batch_signed_refresh, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_grace_period, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_destroyed_wipes_psc, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_query_decisions, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_callbacks_cannot_nest_requests, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_invite_decisions, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_liveness_and_replay, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_stale_request_refused, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_unwrap_failure_not_acked, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_error_response_mapped, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_request_timeout, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_query_during_join, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_other_flows, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_catchup, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_reinitializes_when_kms_forgot_us, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_explicit_reconnect, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_event_loop_fd, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_forged_answer_ignored, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_misaddressed_and_malformed_requests, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_rsa_member, setup_rsa, teardown),
-		cmocka_unit_test_setup_teardown(test_curve_transport, setup_curve, teardown),
+	    cmocka_unit_test_setup_teardown(test_new_rejects_bad_config, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_initialize_round_trip, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_initialize_request_fields, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_refresh_applied_and_acked, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_stale_refresh_ignored_but_acked, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_refresh_wrong_signer_rejected, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_batch_signed_refresh, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_grace_period, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_destroyed_wipes_psc, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_query_decisions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_callbacks_cannot_nest_requests, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_invite_decisions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_liveness_and_replay, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_stale_request_refused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_unwrap_failure_not_acked, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_error_response_mapped, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_request_timeout, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_query_during_join, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_other_flows, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_catchup, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reinitializes_when_kms_forgot_us, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_explicit_reconnect, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_event_loop_fd, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_forged_answer_ignored, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_misaddressed_and_malformed_requests, setup,
+					    teardown),
+	    cmocka_unit_test_setup_teardown(test_rsa_member, setup_rsa, teardown),
+	    cmocka_unit_test_setup_teardown(test_curve_transport, setup_curve, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

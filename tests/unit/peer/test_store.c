@@ -164,10 +164,10 @@ static void test_replay_cache(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_epochs_and_grace),
-		cmocka_unit_test(test_tombstones),
-		cmocka_unit_test(test_members),
-		cmocka_unit_test(test_replay_cache),
+	    cmocka_unit_test(test_epochs_and_grace),
+	    cmocka_unit_test(test_tombstones),
+	    cmocka_unit_test(test_members),
+	    cmocka_unit_test(test_replay_cache),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
