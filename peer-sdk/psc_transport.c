@@ -508,6 +508,13 @@ psc_rc psc_sdk_request(psc_peer *p, psc_body *req, uint16_t ans_code, psc_answer
 		if (psc_sdk_reinit(p, &e2) == PSC_OK)
 			rc = request_once(p, req, ans_code, ans, err);
 	}
+	/* A restarted KMS refuses requests timestamped before it started (its
+	 * replay cache is new); the protocol's answer is a retry with a new
+	 * transaction id and timestamp (docs/protocol.md §9). Once. */
+	else if (rc == PSC_E_PEER_FORBIDDEN &&
+		 p->last_error.psc_reason == PSC_REASON_STALE_TIMESTAMP) {
+		rc = request_once(p, req, ans_code, ans, err);
+	}
 	return rc;
 }
 
