@@ -1328,6 +1328,65 @@ static void test_misaddressed_and_malformed_requests(void **state)
 	fk_msg_free(&a);
 }
 
+/* Damaged copies of one signed Refresh: none may change what the peer holds
+ * (signed bytes fail verification; unsigned header bytes leave a message the
+ * peer already saw, a replay), and the peer keeps serving. */
+static void test_mutated_messages_change_nothing(void **state)
+{
+	t *x = *state;
+	script sc;
+	init_with(x, &sc, 3);
+	uint8_t s4[32];
+	memset(s4, 0x44, 32);
+	psc_body b = {.code = PSC_MSG_REFRESH_REQ};
+	b.u.refresh_req.reason = PSC_REFRESH_TIMER;
+	fk_mat_store st;
+	assert_int_equal(fk_material(&x->k, &b.u.refresh_req.material, &st,
+				     PSC_WRAP_ECDH_P256_AESPRF_KWP, x->psc, 4, "ops-room", x->me,
+				     1000, s4),
+			 0);
+	uint8_t *msg = NULL;
+	size_t len = 0;
+	assert_int_equal(fk_build_req(&x->k, &x->k.signer, &b, 0, 4242, &msg, &len), 0);
+	/* The genuine one first, so header-only damage is a replay. */
+	assert_int_equal(fk_send_raw(&x->k, msg, len), 0);
+	pump(x);
+	expect_ack(x, 4);
+	uint8_t *copy = malloc(len);
+	unsigned seed = 12345;
+	for (int i = 0; i < 300; i++) {
+		memcpy(copy, msg, len);
+		int flips = 1 + (int)(rand_r(&seed) % 3);
+		for (int f = 0; f < flips; f++)
+			copy[rand_r(&seed) % len] ^= (uint8_t)(1u << (rand_r(&seed) % 8));
+		size_t l = len;
+		if (i % 10 == 9)
+			l = (size_t)rand_r(&seed) % len; /* truncated */
+		assert_int_equal(fk_send_raw(&x->k, copy, l), 0);
+		assert_true(psc_peer_process(x->p, 0) >= 0);
+	}
+	free(copy);
+	free(msg);
+	pump(x);
+	/* Drain what the peer said (errors for bad signatures): no acknowledgement
+	 * may name anything but epoch 4. */
+	fk_msg a;
+	while (fk_recv(&x->k, 200, &a) == 0) {
+		if (a.m.code == PSC_MSG_REFRESH_ANS)
+			assert_int_equal(a.b.u.refresh_ans.epoch, 4);
+		fk_msg_free(&a);
+	}
+	assert_true(x->s.errors > 200); /* they did reach the peer, and were refused */
+	expect_secret(x, 0, s4);
+	expect_secret(x, 3, x->secret);
+	assert_int_equal(psc_peer_psc_count(x->p), 1);
+	send_liveness(x, 7, 0, NULL, NULL);
+	pump(x);
+	assert_int_equal(fk_recv(&x->k, 2000, &a), 0);
+	assert_int_equal(a.m.code, PSC_MSG_LIVENESS_ANS);
+	fk_msg_free(&a);
+}
+
 static int setup_curve(void **state)
 {
 	return setup_named(state, "peer1", 1);
@@ -1362,6 +1421,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_forged_answer_ignored, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_misaddressed_and_malformed_requests, setup,
 					    teardown),
+	    cmocka_unit_test_setup_teardown(test_mutated_messages_change_nothing, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_rsa_member, setup_rsa, teardown),
 	    cmocka_unit_test_setup_teardown(test_curve_transport, setup_curve, teardown),
 	};
