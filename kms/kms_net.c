@@ -37,6 +37,12 @@ static psc_rc zfail(psc_err *err, const char *what, const char *endpoint)
 psc_rc kms_net_new(kms_net **out, void *zctx, const kms_net_opts *o, psc_err *err)
 {
 	*out = NULL;
+	/* Arguments first: sockets (and the inproc ZAP endpoint) are released
+	 * asynchronously, so a failed attempt should not have created any. */
+	if (o->curve && (!o->secret_key_z85 || strlen(o->secret_key_z85) != KMS_Z85_KEY_LEN))
+		return psc_err_set(err, PSC_E_INVALID_ARG,
+				   "CURVE is enabled but the secret key is not a 40-character Z85 "
+				   "key: run psc-kmsd --gen-curve-keys");
 	kms_net *n = calloc(1, sizeof(*n));
 	if (!n)
 		return psc_err_set(err, PSC_E_NOMEM, "out of memory");
@@ -71,12 +77,6 @@ psc_rc kms_net_new(kms_net **out, void *zctx, const kms_net_opts *o, psc_err *er
 		return rc;
 	}
 	if (o->curve) {
-		if (!o->secret_key_z85 || strlen(o->secret_key_z85) != KMS_Z85_KEY_LEN) {
-			kms_net_free(&n);
-			return psc_err_set(err, PSC_E_INVALID_ARG,
-					   "CURVE is enabled but the secret key is not a 40-character "
-					   "Z85 key: run psc-kmsd --gen-curve-keys");
-		}
 		if (zmq_setsockopt(n->router, ZMQ_CURVE_SERVER, &one, sizeof(one)) != 0 ||
 		    zmq_setsockopt(n->router, ZMQ_CURVE_SECRETKEY, o->secret_key_z85,
 				   KMS_Z85_KEY_LEN) != 0) {
