@@ -307,6 +307,7 @@ static psc_rc reject_member(psc_err *err, psc_rc rc, const char *cmd, const uint
 
 static psc_rc st_get(kms_store *s, enum st id, sqlite3_stmt **out, psc_err *err)
 {
+	*out = NULL; /* callers test rc, but -O2 cannot always see that */
 	if (!s->st[id]) {
 		int rc = sqlite3_prepare_v3(s->db, SQL[id], -1, SQLITE_PREPARE_PERSISTENT,
 					    &s->st[id], NULL);
