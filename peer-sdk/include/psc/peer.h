@@ -336,6 +336,89 @@ psc_rc psc_peer_id_parse(const char *hex, uint8_t out[PSC_PEER_ID_LEN]) PSC_WUR;
 /* "timer", "join", ... */
 const char *psc_peer_reason_name(psc_peer_reason r);
 
+/* --- group messages (docs/protocol.md §13) ------------------------------
+ *
+ * Sealing and opening messages between the members of a PSC with keys derived
+ * from the epoch secrets this peer holds: AES-256-GCM per sender and
+ * incarnation, a replay window per sender, the epoch rules of §10.5 (previous
+ * epoch only during its grace period; none after a removal rekey) and, in PSCs
+ * established with sender_signatures, a signature by the sender's certificate
+ * key. Transport-agnostic: a frame is a byte string to carry as one message.
+ *
+ * Without sender signatures the sender Node-ID is only *claimed*: the group
+ * key proves membership, not which member sent (sender_verified = 0).
+ *
+ * A psc_peer_msg borrows its psc_peer (free it first) and, like the peer, is
+ * used from one thread at a time. One per process and peer: each sender key
+ * it derives gets a fresh random incarnation, so two processes with the same
+ * Node-ID (a restart) never reuse a nonce. A forked child must not use its
+ * parent's psc_peer_msg (it would continue the same sender keys): like the
+ * ZeroMQ-based psc_peer itself, create new objects after fork().
+ */
+#define PSC_PEER_MSG_MAX 1048576 /* plaintext bytes per message */
+#define PSC_PEER_MSG_OVERHEAD                                                                      \
+	88 /* frame bytes beyond the plaintext, unsigned (header 72 + tag 16) */
+#define PSC_PEER_MSG_SIG_MAX 1024  /* signature bytes (RSA up to 8192 bits) */
+#define PSC_PEER_MSG_CERT_MAX 4096 /* sender certificate DER bytes */
+/* Largest frame for a plaintext of len bytes, signed or not. */
+#define PSC_PEER_MSG_FRAME_MAX(len)                                                                \
+	((size_t)(len) + PSC_PEER_MSG_OVERHEAD + 2 + PSC_PEER_MSG_SIG_MAX)
+
+typedef struct psc_peer_msg psc_peer_msg;
+
+/*
+ * Certificate of a sender, for PSCs with sender signatures. The KMS does not
+ * distribute member certificates yet, so the application supplies them (from
+ * its overlay's enrolment data, a directory, a previous exchange) and is
+ * responsible for their authenticity (chain to the overlay CA, validity,
+ * revocation). Write the DER certificate of `node_id` into der (cap bytes)
+ * and its length into *len; return PSC_OK, or PSC_E_PEER_NOT_FOUND if
+ * unknown. The SDK checks that the certificate binds node_id (§4.3).
+ */
+typedef psc_rc (*psc_peer_sender_cert_fn)(void *user, const uint8_t psc_id[PSC_PEER_ID_LEN],
+					  const uint8_t node_id[PSC_PEER_ID_LEN], uint8_t *der,
+					  size_t cap, size_t *len);
+
+typedef struct psc_peer_msg_config {
+	psc_peer_sender_cert_fn sender_cert; /* NULL: signed PSCs cannot be opened */
+	void *user;			     /* passed to sender_cert */
+} psc_peer_msg_config;
+
+/* What psc_peer_open() learnt about a message. */
+typedef struct psc_peer_msg_info {
+	uint8_t psc_id[PSC_PEER_ID_LEN];
+	uint64_t epoch;
+	uint8_t sender[PSC_PEER_ID_LEN]; /* claimed unless sender_verified */
+	int sender_verified;		 /* 1: signature by the sender's certificate checked */
+	uint64_t seq;
+} psc_peer_msg_info;
+
+/* cfg may be NULL (no sender certificates). *out is NULL on failure. */
+psc_rc psc_peer_msg_new(psc_peer_msg **out, psc_peer *peer, const psc_peer_msg_config *cfg,
+			psc_err *err) PSC_WUR;
+/* Wipes every derived key and frees; NULL-safe, nulls *m. */
+void psc_peer_msg_free(psc_peer_msg **m);
+
+/*
+ * Seals len bytes (at most PSC_PEER_MSG_MAX) for the members of a PSC under
+ * its current epoch; signs when the PSC has sender signatures. out must hold
+ * PSC_PEER_MSG_FRAME_MAX(len) bytes (or at least the frame's real size);
+ * *out_len receives the frame's size. PSC_E_PEER_UNKNOWN_PSC if not held.
+ */
+psc_rc psc_peer_seal(psc_peer_msg *m, const uint8_t psc_id[PSC_PEER_ID_LEN],
+		     const uint8_t *plaintext, size_t len, uint8_t *out, size_t cap,
+		     size_t *out_len, psc_err *err) PSC_WUR;
+
+/*
+ * Opens a frame from another member (or from ourselves). out must hold
+ * len - PSC_PEER_MSG_OVERHEAD bytes (the frame's len is enough). info may be
+ * NULL. out holds nothing useful unless PSC_OK (it is wiped). Errors: PSC_E_PEER_SEAL_*
+ * (malformed, stale/future epoch, replay, bad tag, unsigned, bad signature,
+ * no certificate), PSC_E_PEER_UNKNOWN_PSC.
+ */
+psc_rc psc_peer_open(psc_peer_msg *m, const uint8_t *frame, size_t len, uint8_t *out, size_t cap,
+		     size_t *out_len, psc_peer_msg_info *info, psc_err *err) PSC_WUR;
+
 #ifdef __cplusplus
 }
 #endif
