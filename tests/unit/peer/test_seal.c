@@ -348,6 +348,9 @@ static void tampering_rejected(void **state)
 	g.b[1] = 0x80; /* undefined flag */
 	assert_int_equal(open_as(&w->b, &g, NULL, NULL), PSC_E_PEER_SEAL_MALFORMED);
 	g = f;
+	g.b[10] ^= 0x01; /* psc_id: a PSC B does not hold */
+	assert_int_equal(open_as(&w->b, &g, NULL, NULL), PSC_E_PEER_UNKNOWN_PSC);
+	g = f;
 	g.b[22] ^= 0x10; /* epoch 1 -> another epoch */
 	assert_int_not_equal(open_as(&w->b, &g, NULL, NULL), PSC_OK);
 	g = f;
@@ -363,6 +366,44 @@ static void tampering_rejected(void **state)
 	}
 	/* The untouched frame still opens: failures did not consume its seq. */
 	assert_int_equal(open_as(&w->b, &f, "attack at dawn", NULL), PSC_OK);
+}
+
+/* Random damage (bit flips, byte runs, cuts, growth) to signed and unsigned
+ * frames: never accepted, never a crash (ASan build), and the intact frames
+ * still open afterwards. */
+static void random_damage_never_accepted(void **state)
+{
+	world *w = *state;
+	give(&w->a, 1, 0, 0);
+	give(&w->b, 1, 0, 0);
+	frame f, g;
+	seal_ok(&w->a, "the original message", &f);
+	srand(11);
+	for (int i = 0; i < 20000; i++) {
+		g = f;
+		int kind = rand() % 4;
+		if (kind == 0) {
+			g.b[(size_t)rand() % g.n] ^= (uint8_t)(1u << (rand() % 8));
+		} else if (kind == 1) {
+			size_t at = (size_t)rand() % g.n, k = 1 + (size_t)rand() % 8;
+			for (size_t j = at; j < at + k && j < g.n; j++)
+				g.b[j] = (uint8_t)rand();
+		} else if (kind == 2) {
+			g.n = (size_t)rand() % g.n;
+		} else {
+			size_t add = 1 + (size_t)rand() % 40;
+			for (size_t j = 0; j < add; j++)
+				g.b[g.n + j] = (uint8_t)rand();
+			g.n += add;
+		}
+		if (g.n == f.n && memcmp(g.b, f.b, f.n) == 0)
+			continue;
+		uint8_t out[256];
+		size_t n = 0;
+		if (psc_peer_open(w->b.m, g.b, g.n, out, sizeof(out), &n, NULL, NULL) == PSC_OK)
+			fail_msg("damaged frame %d (kind %d) accepted", i, kind);
+	}
+	assert_int_equal(open_as(&w->b, &f, "the original message", NULL), PSC_OK);
 }
 
 static void stale_and_future_epochs(void **state)
@@ -885,6 +926,7 @@ int main(int argc, char **argv)
 		    cmocka_unit_test_setup_teardown(reordered_within_window, setup, teardown),
 		    cmocka_unit_test(window_matches_model),
 		    cmocka_unit_test_setup_teardown(tampering_rejected, setup, teardown),
+		    cmocka_unit_test_setup_teardown(random_damage_never_accepted, setup, teardown),
 		    cmocka_unit_test_setup_teardown(stale_and_future_epochs, setup, teardown),
 		    cmocka_unit_test_setup_teardown(grace_after_timer_none_after_removal, setup,
 						    teardown),
