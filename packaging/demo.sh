@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The main job: bootstrap, build, and run psc-kms locally on throwaway material.
-# Today (foundation stage) it is a self-check of the wire codec: it creates a
-# throwaway test CA and SoftHSM token, produces every PSC message signed, and
-# decodes and verifies each one with psc-wire, printing a transcript. Later
-# stages turn this into the live demo (a KMS and four peers running every flow).
+# The main job: bootstrap, build, then run psc-kms locally on throwaway material —
+# a test CA, a SoftHSM token that goes through the key ceremony, one psc-kmsd,
+# and five peers (psc-peer) running every flow of the draft, with a transcript of
+# who did what and which epoch each member holds. Finally the audit log of the
+# run is verified. Everything lives in a temp dir that is removed at the end
+# (PSC_DEMO_KEEP=1 keeps it).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 bash packaging/install-deps.sh
 jobs=$(nproc 2>/dev/null || echo 2)
-build=build/plain
+build=$top/build/plain
 echo "==> building psc-kms ($build)"
 mkdir -p build
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >build/demo.configure.log 2>&1 ||
@@ -18,32 +19,87 @@ cmake --build "$build" -j"$jobs" >build/demo.build.log 2>&1 ||
 	{ grep -E 'error|Error' build/demo.build.log | head -40; exit 1; }
 
 work=$(mktemp -d /tmp/psc-demo-XXXXXX)
-trap 'rm -rf "$work"' EXIT
-echo "==> throwaway test CA in $work/ca"
-tests/fixtures/mkca.sh "$work/ca" psc.test
-echo "==> throwaway SoftHSM token in $work/token"
-export "$(tests/fixtures/mktoken.sh "$work/token" psc-demo)"
-softhsm2-util --show-slots | grep -E 'Label|Serial' | sed 's/^/    /' | head -2
+kmsd_pid=
+cleanup() {
+	[ -n "$kmsd_pid" ] && kill "$kmsd_pid" 2>/dev/null && wait "$kmsd_pid" 2>/dev/null
+	pkill -P $$ psc-peer 2>/dev/null || true
+	[ "${PSC_DEMO_KEEP:-0}" = 1 ] && echo "kept $work" || rm -rf "$work"
+}
+trap cleanup EXIT
+say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 
-echo "==> every PSC message, signed, then decoded and verified by psc-wire"
-mkdir -p "$work/msgs"
-"$build/tests/unit/proto/test_proto_vectors" --write-corpus "$work/msgs" >/dev/null
-wire=$build/proto/psc-wire
-signer=tests/support/vector-signer.crt.pem
-ok=0; total=0
-for f in "$work"/msgs/*[0-9a-f].bin; do
-	total=$((total + 1))
-	line=$("$wire" decode "$f" | sed -n 's/^  code \(0x[0-9a-f]*\) \(.*\), body \([0-9]*\) bytes.*/\1 \2 (\3-byte body)/p')
-	if verdict=$("$wire" verify --cert "$signer" "$f"); then ok=$((ok + 1)); mark=ok; else mark=FAIL; fi
-	size=$(stat -c %s "$f")
-	printf '    %-52s %5d bytes  signature %s\n' "$line" "$size" "$mark"
-done
-echo "==> a tampered message is refused"
-cp "$work/msgs/0105.bin" "$work/tampered.bin"
-printf '\x01' | dd of="$work/tampered.bin" bs=1 seek=70 conv=notrunc status=none
-"$wire" verify --cert "$signer" "$work/tampered.bin" | sed 's/^/    /' || true
-echo "==> a certificate's Node-ID binding (test CA peer1)"
-openssl x509 -in "$work/ca/peer1.crt.pem" -noout -ext subjectAltName | sed 's/^/    /'
+say "1. A throwaway test CA and an HSM token that goes through the key ceremony"
+tests/fixtures/mkca.sh "$work/ca" psc.test
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 17400)
+PSC_TEST_QUERY_MS=10000 PSC_TEST_LIVENESS_MS=1500 \
+	tests/integration/mkkms.sh "$work/kms" "$work/ca" "$build/kms" "$port" > "$work/kms.env"
+while IFS='=' read -r k v; do export "$k=$v"; done < "$work/kms.env" # Z85 keys hold shell metacharacters
+echo "    token 'psc-test' (SoftHSM) holds: master KEK (non-extractable), KMS identity key, audit key"
+echo "    KMS certificate issued by the test CA for Node-ID $KMS_NODE_ID"
+
+say "2. psc-kmsd starts"
+"$build/kms/psc-kmsd" -c "$KMS_CONFIG" > "$work/kmsd.log" 2>&1 &
+kmsd_pid=$!
+for _ in $(seq 100); do grep -q 'listening on' "$work/kmsd.log" && break; sleep 0.1; done
+sed 's/^/    /' "$work/kmsd.log"
+
+name_of() { case $1 in alice) echo peer1;; bob) echo peer2;; carol) echo peer5;; dave) echo peer3;; erin) echo rsa1;; esac; }
+node_of() { cat "$work/ca/$(name_of "$1").nodeid"; }
+peer() { # peer NAME COMMAND ARGS... : runs psc-peer as NAME, prefixing its output
+	local who=$1; shift
+	local id; id=$(name_of "$who")
+	"$build/peer-sdk/psc-peer" "$@" --kms "tcp://127.0.0.1:$port" --kms-cert "$KMS_CERT" \
+		--kms-curve "$KMS_CURVE_PUB" --cert "$work/ca/$id.crt.pem" --key "$work/ca/$id.key.pem" \
+		--overlay psc.test 2>&1 | sed "s/^/    $who> /"
+	return "${PIPESTATUS[0]}"
+}
+
+say "3. alice establishes 'ops-room' with bob as an initial member (bob has not connected yet)"
+peer alice establish ops-room --member "$(node_of bob)" --refresh 4
+psc=$(peer alice lookup ops-room | sed -n 's/.*\b\([0-9a-f]\{32\}\)\b.*/\1/p' | head -1)
+echo "    PSC ID $psc"
+
+say "4. bob connects for the first time: his Initialize answer carries the key of ops-room"
+peer bob init
+
+say "5. dave joins (policy permits): the KMS rekeys so dave cannot read anything older"
+peer dave join ops-room
+
+say "6. carol asks to join: policy says ask_owner, so the KMS asks alice, who accepts"
+peer alice init --wait 4 --accept-queries -q > "$work/alice.out" &
+bg=$!
+sleep 1
+peer carol join ops-room
+wait "$bg" || true
+cat "$work/alice.out"
+
+say "7. alice invites erin (RSA key: her copy is wrapped with RSA-OAEP), erin accepts"
+peer erin init --wait 4 --accept-invites -q > "$work/erin.out" &
+bg=$!
+sleep 1
+peer alice invite "$psc" "$(node_of erin)"
+wait "$bg" || true
+cat "$work/erin.out"
+
+say "8. dave leaves: the KMS rekeys without grace, dave gets nothing new"
+peer dave leave "$psc"
+
+say "9. bob reports carol as gone: the KMS checks her liveness, she is offline, she is evicted"
+peer bob report "$psc" "$(node_of carol)"
+
+say "10. the refresh timer (4 s for ops-room) rekeys by itself; bob catches up"
+sleep 5
+peer bob catchup
+
+say "11. bob (not the owner) may not destroy ops-room; alice may"
+peer bob destroy "$psc" || echo "    (refused, as policy says)"
+peer alice destroy "$psc"
+
+say "12. psc-kmsd stops; the audit log of this run is verified offline"
+kill -TERM "$kmsd_pid"; wait "$kmsd_pid" || true; kmsd_pid=
+"$build/audit/psc-audit" verify "$work/kms/audit" | sed 's/^/    /'
+echo "    key events recorded:"
+"$build/audit/psc-audit" show "$work/kms/audit" --json | grep -o '"event":"[a-z._]*"' |
+	sort | uniq -c | sed 's/"event"://; s/^/     /'
 echo
-echo "psc-kms self-check: $ok of $total messages signed, decoded and verified"
-[ "$ok" -eq "$total" ]
+echo "psc-kms demo: done"
