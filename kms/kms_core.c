@@ -518,6 +518,7 @@ void kmsd_close(kmsd **p)
 	if (k->zctx)
 		zmq_ctx_term(k->zctx);
 	kms_store_close(&k->store);
+	kmsd_flows_free(k);
 	kms_replay_free(&k->replay);
 	pol_state_free(&k->pol_state);
 	pol_policy_free(&k->pol);

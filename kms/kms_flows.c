@@ -293,20 +293,60 @@ typedef struct wrapped {
 	size_t eph_len;
 } wrapped;
 
-static psc_rc wrap_for(kmsd *k, const hsm_key *secret, hsm_eph **eph, const kms_peer *p,
-		       const uint8_t psc_id[16], uint64_t epoch, wrapped *w, psc_err *err)
+/* The member's public key from the cache, parsing its certificate on a miss.
+ * Borrowed: valid until the next call (an eviction may free it). */
+static psc_rc peer_pubkey(kmsd *k, const kms_peer *p, EVP_PKEY **out, psc_err *err)
 {
+	*out = NULL;
+	if (!k->pubkeys) {
+		k->pubkeys = calloc(KMSD_PUBKEY_SLOTS, sizeof(*k->pubkeys));
+		if (!k->pubkeys)
+			return psc_err_set(err, PSC_E_NOMEM, "out of memory");
+	}
+	size_t h = 0;
+	for (int i = 0; i < PSC_NODE_ID_LEN; i++)
+		h = h * 131 + p->node_id[i];
+	kmsd_pubkey *slot = &k->pubkeys[h & (KMSD_PUBKEY_SLOTS - 1)];
+	if (slot->pub && memcmp(slot->node_id, p->node_id, PSC_NODE_ID_LEN) == 0 &&
+	    memcmp(slot->cert_sha256, p->cert_sha256, PSC_HASH_LEN) == 0) {
+		*out = slot->pub;
+		return PSC_OK;
+	}
 	X509 *x = NULL;
 	psc_rc rc = proto_cert_parse(p->cert_der, p->cert_der_len, &x, err);
 	if (rc != PSC_OK)
 		return rc;
-	EVP_PKEY *pub = X509_get0_pubkey(x);
-	if (pub && EVP_PKEY_get_base_id(pub) == EVP_PKEY_EC && !*eph) {
+	EVP_PKEY *pub = X509_get_pubkey(x); /* a reference of our own */
+	X509_free(x);
+	if (!pub)
+		return psc_err_set(err, PSC_E_BAD_CERT, "certificate without a usable public key");
+	EVP_PKEY_free(slot->pub); /* direct-mapped: a collision replaces the older entry */
+	memcpy(slot->node_id, p->node_id, PSC_NODE_ID_LEN);
+	memcpy(slot->cert_sha256, p->cert_sha256, PSC_HASH_LEN);
+	slot->pub = pub;
+	*out = pub;
+	return PSC_OK;
+}
+
+void kmsd_flows_free(kmsd *k)
+{
+	for (size_t i = 0; k->pubkeys && i < KMSD_PUBKEY_SLOTS; i++)
+		EVP_PKEY_free(k->pubkeys[i].pub);
+	free(k->pubkeys);
+	k->pubkeys = NULL;
+}
+
+static psc_rc wrap_for(kmsd *k, const hsm_key *secret, hsm_eph **eph, const kms_peer *p,
+		       const uint8_t psc_id[16], uint64_t epoch, wrapped *w, psc_err *err)
+{
+	EVP_PKEY *pub = NULL;
+	psc_rc rc = peer_pubkey(k, p, &pub, err);
+	if (rc != PSC_OK)
+		return rc;
+	if (EVP_PKEY_get_base_id(pub) == EVP_PKEY_EC && !*eph) {
 		rc = hsm_eph_new(k->hs, eph, err);
-		if (rc != PSC_OK) {
-			X509_free(x);
+		if (rc != PSC_OK)
 			return rc;
-		}
 	}
 	rc = hsm_wrap_for_member(k->hs, secret, *eph, pub, psc_id, epoch, p->node_id, &w->alg,
 				 w->bytes, sizeof(w->bytes), &w->len, err);
@@ -315,7 +355,6 @@ static psc_rc wrap_for(kmsd *k, const hsm_key *secret, hsm_eph **eph, const kms_
 		memcpy(w->eph, hsm_eph_public(*eph), PROTO_KEYWRAP_EC_POINT_LEN);
 		w->eph_len = PROTO_KEYWRAP_EC_POINT_LEN;
 	}
-	X509_free(x);
 	return rc;
 }
 
@@ -1659,6 +1698,102 @@ done:
 	req_free(&r);
 }
 
+/* ---- CRL reload: revoked members are evicted and their PSCs rekeyed ------ */
+
+typedef struct revoked_list {
+	kmsd *k;
+	uint8_t (*nodes)[PSC_NODE_ID_LEN];
+	size_t n, cap;
+} revoked_list;
+
+static int find_revoked(void *arg, const kms_peer *p)
+{
+	revoked_list *r = arg;
+	X509 *x = NULL;
+	if (proto_cert_parse(p->cert_der, p->cert_der_len, &x, NULL) != PSC_OK)
+		return 0;
+	int revoked = kms_trust_is_revoked(r->k->trust, x);
+	X509_free(x);
+	if (!revoked)
+		return 0;
+	if (r->n == r->cap) {
+		size_t cap = r->cap ? 2 * r->cap : 16;
+		void *a = realloc(r->nodes, cap * PSC_NODE_ID_LEN);
+		if (!a)
+			return 1;
+		r->nodes = a;
+		r->cap = cap;
+	}
+	memcpy(r->nodes[r->n++], p->node_id, PSC_NODE_ID_LEN);
+	return 0;
+}
+
+static int collect_pscs(void *arg, const kms_member *m)
+{
+	revoked_list *r = arg; /* reused as a list of PSC ids */
+	if (r->n == r->cap) {
+		size_t cap = r->cap ? 2 * r->cap : 16;
+		void *a = realloc(r->nodes, cap * PSC_PSC_ID_LEN);
+		if (!a)
+			return 1;
+		r->nodes = a;
+		r->cap = cap;
+	}
+	memcpy(r->nodes[r->n++], m->psc_id, PSC_PSC_ID_LEN);
+	return 0;
+}
+
+/* Removes a revoked peer from every PSC it is in (forward secrecy rekey each),
+ * tells it so, and forgets its connection. */
+static void evict_everywhere(kmsd *k, const uint8_t node[PSC_NODE_ID_LEN], const char *why)
+{
+	psc_err e;
+	revoked_list pscs = {.k = k};
+	if (kms_store_pscs_of_node(k->store, node, collect_pscs, &pscs, &e) != PSC_OK) {
+		free(pscs.nodes);
+		return;
+	}
+	char hex[33];
+	proto_id_hex(node, hex);
+	for (size_t i = 0; i < pscs.n; i++) {
+		psc_view v;
+		uint64_t epoch = 0;
+		if (load_psc(k, pscs.nodes[i], &v) != PSC_OK)
+			continue;
+		psc_rc rc = remove_member(k, &v.psc, node, PSC_REFRESH_EVICT, &epoch, &e);
+		if (rc != PSC_OK)
+			continue;
+		notify_gone(k, node, v.psc.psc_id, v.psc.epoch, PSC_REFRESH_REMOVED);
+		aud_kv kv[2] = {{.key = "evicted", .str = hex}, {.key = "reason", .str = why}};
+		audit_ok(k, AUD_EV_PSC_EVICT, NULL, NULL, v.psc.psc_id, true, epoch, NULL, kv, 2);
+	}
+	free(pscs.nodes);
+	kmsd_binding *b = kmsd_binding_by_node(k, node);
+	if (b)
+		b->used = false; /* its next request must Initialize, and will be refused */
+}
+
+static void reload_crl(kmsd *k)
+{
+	psc_err e;
+	kms_trust *fresh = NULL;
+	if (!k->cfg->trust.crl_file[0])
+		return;
+	if (kms_trust_new(&fresh, k->cfg->trust.ca_file, k->cfg->trust.crl_file, &e) != PSC_OK) {
+		/* Keep the trust store we have: a broken file must not open the door. */
+		fprintf(stderr, "psc-kmsd: CRL reload failed, keeping the previous CRL: %s\n",
+			psc_err_text(&e));
+		return;
+	}
+	kms_trust_free(&k->trust);
+	k->trust = fresh;
+	revoked_list r = {.k = k};
+	if (kms_store_peer_foreach(k->store, find_revoked, &r, &e) == PSC_OK)
+		for (size_t i = 0; i < r.n; i++)
+			evict_everywhere(k, r.nodes[i], "certificate revoked (CRL)");
+	free(r.nodes);
+}
+
 static int collect_due(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t due_ms)
 {
 	(void)due_ms;
@@ -1718,6 +1853,11 @@ void kmsd_timers(kmsd *k)
 		}
 		kmsd_pending_drop(p);
 	}
+	if (k->cfg->trust.crl_reload_s && k->now_ms >= k->crl_next_reload_ms &&
+	    !aud_log_failed(k->audit)) {
+		k->crl_next_reload_ms = k->now_ms + (uint64_t)k->cfg->trust.crl_reload_s * 1000;
+		reload_crl(k);
+	}
 	/* Timer rekeys, a bounded number per turn so the loop stays responsive. */
 	uint8_t ids[1 + TIMER_REKEYS_PER_TURN][PSC_PSC_ID_LEN + 1];
 	ids[0][0] = 0;
@@ -1735,7 +1875,7 @@ void kmsd_timers(kmsd *k)
 
 uint64_t kmsd_next_deadline(kmsd *k)
 {
-	uint64_t next = 0;
+	uint64_t next = k->cfg->trust.crl_reload_s ? k->crl_next_reload_ms : 0;
 	for (size_t i = 0; i < KMSD_MAX_PENDING; i++)
 		if (k->pend[i].used && (!next || k->pend[i].deadline_ms < next))
 			next = k->pend[i].deadline_ms;

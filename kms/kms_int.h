@@ -42,6 +42,15 @@ typedef struct kmsd_binding {
 	bool used;
 } kmsd_binding;
 
+/* A member's certificate public key, parsed once: a rekey wraps to every
+ * member, and parsing a certificate costs more than the HSM wrap itself. */
+typedef struct kmsd_pubkey {
+	uint8_t node_id[PSC_NODE_ID_LEN];
+	uint8_t cert_sha256[PSC_HASH_LEN]; /* a re-Initialize with a new certificate replaces it */
+	EVP_PKEY *pub;
+} kmsd_pubkey;
+#define KMSD_PUBKEY_SLOTS 8192 /* power of two */
+
 /* What a KMS-initiated request is waiting for. */
 typedef enum kmsd_wait {
 	KMSD_WAIT_REFRESH_ACK = 1,
@@ -107,6 +116,8 @@ typedef struct kmsd {
 
 	kmsd_binding *bind;
 	size_t n_bind;
+	kmsd_pubkey *pubkeys; /* KMSD_PUBKEY_SLOTS, allocated on first use */
+	uint64_t crl_next_reload_ms; /* 0: at the first timer turn */
 	kmsd_pending *pend;
 
 	/* the open batch */
@@ -144,6 +155,7 @@ psc_rc kmsd_apply(kmsd *k, const kms_cmd *cmd, psc_err *err) PSC_WUR;
 psc_rc kmsd_audit(kmsd *k, const aud_event *ev, psc_err *err) PSC_WUR;
 
 /* kms_flows.c */
+void kmsd_flows_free(kmsd *k); /* releases the flows' caches */
 void kmsd_handle(kmsd *k, const kms_inbound *in);
 void kmsd_timers(kmsd *k);
 uint64_t kmsd_next_deadline(kmsd *k);

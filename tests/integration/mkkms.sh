@@ -34,6 +34,7 @@ identity:
 trust:
   ca_file: $ca/ca.crt.pem
   crl_file: $ca/crl.pem
+  crl_reload_s: ${PSC_TEST_CRL_RELOAD_S:-300}
 policy_file: policy.yaml
 audit:
   dir: audit

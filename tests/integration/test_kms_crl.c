@@ -1,0 +1,214 @@
+/*
+ * A CRL reload that revokes a member evicts it from every PSC and rekeys them
+ * (DESIGN.md §5); a broken CRL file is refused and the previous one stays.
+ * Runs its own psc-kmsd on a private copy of the test CA, which it revokes in.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <zmq.h>
+
+#include "psc_test.h"
+#include "rawpeer.h"
+
+#define WAIT 8000
+
+static struct {
+	char dir[4096], ca[4200], config[4200], cert[4200], curve[64], endpoint[64], softhsm[4200],
+		log[4200];
+	pt_proc kmsd;
+	void *zctx;
+} fx;
+
+static int run_sh(const char *cmd)
+{
+	char *argv[] = {"sh", "-c", (char *)cmd, NULL};
+	char *out = NULL;
+	int rc = pt_run(argv, &out, 60000);
+	if (rc != 0)
+		fprintf(stderr, "%s: exit %d\n%s\n", cmd, rc, out ? out : "");
+	free(out);
+	return rc;
+}
+
+static void value(const char *out, const char *key, char *val, size_t cap)
+{
+	const char *p = strstr(out, key);
+	val[0] = '\0';
+	if (p)
+		snprintf(val, cap, "%.*s", (int)strcspn(p + strlen(key), "\n"), p + strlen(key));
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	char cmd[65536];
+	if (pt_tmpdir(fx.dir, "kmscrl") != 0)
+		return -1;
+	/* A private CA copy whose openssl config points at the copy. */
+	snprintf(fx.ca, sizeof(fx.ca), "%s/ca", fx.dir);
+	snprintf(cmd, sizeof(cmd), "cp -r '%s' '%s' && sed -i 's#%s#%s#g' '%s/ca/ca.cnf' '%s/other/ca.cnf'",
+		 pt_ca_dir(), fx.ca, pt_ca_dir(), fx.ca, fx.ca, fx.ca);
+	if (run_sh(cmd) != 0)
+		return -1;
+	int port = pt_free_port();
+	snprintf(fx.endpoint, sizeof(fx.endpoint), "tcp://127.0.0.1:%d", port);
+	char script[4200], kmsdir[4200], bindir[4200], portstr[16];
+	snprintf(script, sizeof(script), "%s/tests/integration/mkkms.sh", PSC_SOURCE_DIR);
+	snprintf(kmsdir, sizeof(kmsdir), "%s/kms", fx.dir);
+	snprintf(bindir, sizeof(bindir), "%s/kms", PSC_BINARY_DIR);
+	snprintf(portstr, sizeof(portstr), "%d", port);
+	setenv("PSC_TEST_CRL_RELOAD_S", "1", 1);
+	char *argv[] = {script, kmsdir, fx.ca, bindir, portstr, NULL};
+	char *out = NULL;
+	int rc = pt_run(argv, &out, 60000);
+	unsetenv("PSC_TEST_CRL_RELOAD_S");
+	if (rc != 0) {
+		fprintf(stderr, "mkkms.sh: %s\n", out ? out : "");
+		free(out);
+		return -1;
+	}
+	value(out, "KMS_CONFIG=", fx.config, sizeof(fx.config));
+	value(out, "KMS_CERT=", fx.cert, sizeof(fx.cert));
+	value(out, "KMS_CURVE_PUB=", fx.curve, sizeof(fx.curve));
+	value(out, "SOFTHSM2_CONF=", fx.softhsm, sizeof(fx.softhsm));
+	free(out);
+	snprintf(fx.log, sizeof(fx.log), "%s/kmsd.log", fx.dir);
+	char env_conf[4300], bin[4200];
+	snprintf(env_conf, sizeof(env_conf), "SOFTHSM2_CONF=%s", fx.softhsm);
+	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsd", PSC_BINARY_DIR);
+	char *env[] = {env_conf, NULL};
+	char *kargv[] = {bin, "-c", fx.config, NULL};
+	if (pt_proc_start(&fx.kmsd, kargv, env, fx.log) != 0)
+		return -1;
+	for (int i = 0; i < 500; i++) {
+		size_t n = 0;
+		char *txt = (char *)pt_read_file(fx.log, &n);
+		int ready = txt && memmem(txt, n, "listening on", 12);
+		free(txt);
+		if (ready) {
+			fx.zctx = zmq_ctx_new();
+			return 0;
+		}
+		if (pt_proc_wait(&fx.kmsd, 20) != -1)
+			return -1;
+	}
+	return -1;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	pt_proc_stop(&fx.kmsd, 10000);
+	if (fx.zctx)
+		zmq_ctx_term(fx.zctx);
+	pt_rm_rf(fx.dir);
+	return 0;
+}
+
+static rawpeer *init_peer(const char *name)
+{
+	rawpeer *p = rp_new(fx.zctx, name, fx.endpoint, fx.cert, fx.curve);
+	assert_non_null(p);
+	uint64_t tx = rp_initialize(p, 0, NULL, NULL);
+	assert_true(rp_wait_answer(p, tx, WAIT));
+	return p;
+}
+
+/* Waits for a Refresh of psc with `reason`; returns it (in p->b). */
+static void refresh(rawpeer *p, const uint8_t psc[16], uint8_t reason)
+{
+	for (;;) {
+		if (!rp_wait_request(p, PSC_MSG_REFRESH_REQ, WAIT))
+			fail_msg("%s: no Refresh (reason %u)", p->name, reason);
+		if (memcmp(p->b.u.refresh_req.psc_id, psc, 16) == 0 &&
+		    p->b.u.refresh_req.reason == reason)
+			return;
+	}
+}
+
+static void revoked_member_is_evicted_and_the_psc_rekeyed(void **state)
+{
+	(void)state;
+	rawpeer *a = init_peer("peer1"), *b = init_peer("peer2"), *c = init_peer("peer3");
+	assert_false(a->is_error || b->is_error || c->is_error);
+	proto_node_id_t members[2];
+	memcpy(members[0], b->node_id, 16);
+	memcpy(members[1], c->node_id, 16);
+	psc_body est = {.code = PSC_MSG_ESTABLISH_REQ};
+	est.u.establish_req.timestamp = rp_now_ms();
+	est.u.establish_req.params.name = (proto_bytes){(const uint8_t *)"crl-room", 8};
+	est.u.establish_req.params.members.items = members;
+	est.u.establish_req.params.members.n = 2;
+	uint64_t tx = rp_send(a, &est, false);
+	assert_true(rp_wait_answer(a, tx, WAIT));
+	assert_false(a->is_error);
+	uint8_t psc[16];
+	memcpy(psc, a->b.u.establish_ans.material.psc_id, 16);
+	refresh(b, psc, PSC_REFRESH_ESTABLISH);
+	refresh(c, psc, PSC_REFRESH_ESTABLISH);
+
+	/* The CA revokes peer3 and publishes a new CRL; the KMS reloads it within ~1 s. */
+	char cmd[65536];
+	snprintf(cmd, sizeof(cmd),
+		 "export PSC_SAN=email:x; openssl ca -batch -config '%s/ca/ca.cnf' -revoke "
+		 "'%s/peer3.crt.pem' 2>&1 && openssl ca -batch -config '%s/ca/ca.cnf' -gencrl "
+		 "-out '%s/crl.pem.new' 2>&1 && mv '%s/crl.pem.new' '%s/crl.pem'",
+		 fx.ca, fx.ca, fx.ca, fx.ca, fx.ca, fx.ca);
+	assert_int_equal(run_sh(cmd), 0);
+
+	refresh(a, psc, PSC_REFRESH_EVICT);
+	assert_int_equal(a->b.u.refresh_req.material.grace_ms, 0);
+	assert_int_equal(a->b.u.refresh_req.material.members.n, 2);
+	uint8_t sa[32], sb[32];
+	assert_true(rp_unwrap(a, &a->b.u.refresh_req.material, sa));
+	refresh(b, psc, PSC_REFRESH_EVICT);
+	assert_true(rp_unwrap(b, &b->b.u.refresh_req.material, sb));
+	assert_memory_equal(sa, sb, 32);
+	/* peer3 is told it is out, and cannot come back with that certificate */
+	refresh(c, psc, PSC_REFRESH_REMOVED);
+	rp_free(&c);
+	c = rp_new(fx.zctx, "peer3", fx.endpoint, fx.cert, fx.curve);
+	tx = rp_initialize(c, 0, NULL, NULL);
+	assert_true(rp_wait_answer(c, tx, WAIT));
+	assert_true(c->is_error);
+	assert_int_equal(c->err.psc_reason, PSC_REASON_CERT_REVOKED);
+
+	/* A broken CRL is refused: the previous one stays (peer3 still refused, peer1 served). */
+	snprintf(cmd, sizeof(cmd), "echo garbage > '%s/crl.pem'", fx.ca);
+	assert_int_equal(run_sh(cmd), 0);
+	struct timespec ts = {2, 0};
+	nanosleep(&ts, NULL);
+	tx = rp_initialize(c, 0, NULL, NULL);
+	assert_true(rp_wait_answer(c, tx, WAIT));
+	assert_true(c->is_error);
+	assert_int_equal(c->err.psc_reason, PSC_REASON_CERT_REVOKED);
+	psc_body lk = {.code = PSC_MSG_LOOKUP_REQ};
+	lk.u.lookup_req.timestamp = rp_now_ms();
+	lk.u.lookup_req.name = (proto_bytes){(const uint8_t *)"crl-room", 8};
+	tx = rp_send(a, &lk, false);
+	assert_true(rp_wait_answer(a, tx, WAIT));
+	assert_false(a->is_error);
+	assert_int_equal(a->b.u.lookup_ans.member_count, 2);
+	size_t n = 0;
+	char *log = (char *)pt_read_file(fx.log, &n);
+	assert_non_null(memmem(log, n, "keeping the previous CRL", 24));
+	free(log);
+	rp_free(&a);
+	rp_free(&b);
+	rp_free(&c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(revoked_member_is_evicted_and_the_psc_rekeyed),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
