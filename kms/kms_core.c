@@ -11,6 +11,7 @@
 #include <openssl/pem.h>
 #include <zmq.h>
 
+#include "kms_failpoint.h"
 #include "kms_int.h"
 #include "proto_cert.h"
 
@@ -238,6 +239,13 @@ static void batch_end(kmsd *k)
 			return;
 		}
 		audited = true;
+		KMS_FAILPOINT(KMS_FP_AFTER_AUDIT_SYNC);
+		/* Records with no state change (kms.start/stop, answered denials) still
+		 * advance the state's last seq: otherwise restart reconciliation would
+		 * mark them `aborted`, i.e. claim they never happened. */
+		if (!kms_store_in_txn(k->store) && kms_store_begin(k->store, &e) != PSC_OK)
+			LOG_ERR("state store: %s: these audit records will be marked aborted "
+				"at the next start", psc_err_text(&e));
 	}
 	if (kms_store_in_txn(k->store)) {
 		psc_rc rc = kms_store_commit(k->store, seq, &e);
@@ -253,11 +261,15 @@ static void batch_end(kmsd *k)
 			k->batch_dirty = false;
 			return;
 		}
+		KMS_FAILPOINT(KMS_FP_AFTER_STATE_COMMIT);
 	}
 	k->batch_dirty = false;
-	for (size_t i = 0; i < k->n_out; i++)
+	for (size_t i = 0; i < k->n_out; i++) {
 		(void)!kms_net_send(k->net, k->out[i].rid, k->out[i].rid_len, k->out[i].msg,
 				    k->out[i].len);
+		if (i == 0 && k->n_out > 1)
+			KMS_FAILPOINT(KMS_FP_MID_SEND);
+	}
 	batch_drop_outputs(k);
 }
 
