@@ -9,6 +9,7 @@ pkgs=(
 	softhsm2 libsofthsm2-dev opensc
 	libzmq3-dev libyaml-dev libcmocka-dev libsqlite3-dev sqlite3
 	tzdata procps tshark
+	dpkg-dev systemd shellcheck
 )
 missing=()
 for p in "${pkgs[@]}"; do
