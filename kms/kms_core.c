@@ -506,6 +506,12 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 		psc_err e;
 		if (aud_log_tick(k->audit, &e) != PSC_OK)
 			LOG_ERR("audit checkpoint: %s", psc_err_text(&e));
+		/* Fail-closed until the log can write again: retry once a second. */
+		if (aud_log_failed(k->audit) && k->now_ms >= k->audit_retry_ms) {
+			k->audit_retry_ms = k->now_ms + 1000;
+			if (aud_log_recover(k->audit, &e) == PSC_OK)
+				LOG_INFO("audit log recovered: key events are accepted again");
+		}
 	}
 	return PSC_OK;
 }

@@ -118,6 +118,7 @@ typedef struct kmsd {
 	size_t n_bind;
 	kmsd_pubkey *pubkeys; /* KMSD_PUBKEY_SLOTS, allocated on first use */
 	uint64_t crl_next_reload_ms; /* 0: at the first timer turn */
+	uint64_t audit_retry_ms;     /* next aud_log_recover() attempt while failed */
 	kmsd_pending *pend;
 
 	/* the open batch */
