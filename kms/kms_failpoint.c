@@ -17,7 +17,7 @@ static struct {
 	bool parsed;
 	bool armed;
 	char name[FP_NAME_MAX];
-	unsigned long at;   /* the hit that kills, 1-based */
+	unsigned long at; /* the hit that kills, 1-based */
 	unsigned long hits;
 } fp;
 
@@ -39,8 +39,10 @@ static void fp_parse(void)
 		char *end = NULL;
 		unsigned long at = strtoul(spec + n + 1, &end, 10);
 		if (!end || *end || at == 0) {
-			fprintf(stderr, "psc-kmsd: PSC_FAILPOINT='%s' ignored: the hit count "
-				"must be a positive integer\n", spec);
+			fprintf(stderr,
+				"psc-kmsd: PSC_FAILPOINT='%s' ignored: the hit count "
+				"must be a positive integer\n",
+				spec);
 			return;
 		}
 		fp.at = at;

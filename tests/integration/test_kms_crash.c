@@ -27,8 +27,8 @@
 #include "psc_test.h"
 #include "rawpeer.h"
 
-#define WAIT 15000         /* an answer that takes longer never came (ASan builds are slow) */
-#define CRASH_KILLS 50     /* random SIGKILLs in the stress test */
+#define WAIT 15000     /* an answer that takes longer never came (ASan builds are slow) */
+#define CRASH_KILLS 50 /* random SIGKILLs in the stress test */
 #define STRESS_PSCS 2
 #define STRESS_JOINERS 5
 #define KILL_AFTER_MAX_MS 900 /* a kill lands 0..this many ms into a cycle's stream */
@@ -497,11 +497,11 @@ typedef struct actor {
 	const char *name;
 	rawpeer *p;
 	bool owner;
-	int st[STRESS_PSCS];  /* what the acknowledgements say */
-	uint64_t tx;           /* the request in flight, 0 if none */
+	int st[STRESS_PSCS]; /* what the acknowledgements say */
+	uint64_t tx;	     /* the request in flight, 0 if none */
 	int tx_psc;
 	bool tx_join;
-	uint64_t acked;        /* acknowledgements received */
+	uint64_t acked; /* acknowledgements received */
 } actor;
 
 static struct {
@@ -591,7 +591,8 @@ static void reconnect_and_check(unsigned cycle)
 		a->p = peer(a->name);
 		uint64_t tx = rp_initialize(a->p, 0, NULL, NULL);
 		if (!rp_wait_answer(a->p, tx, WAIT) || a->p->is_error)
-			fail_msg("cycle %u: %s: Initialize after the restart failed", cycle, a->name);
+			fail_msg("cycle %u: %s: Initialize after the restart failed", cycle,
+				 a->name);
 		bool in[STRESS_PSCS] = {false};
 		uint64_t epoch[STRESS_PSCS] = {0};
 		proto_iter it;
@@ -604,18 +605,21 @@ static void reconnect_and_check(unsigned cycle)
 				continue;
 			uint8_t s[32];
 			if (!rp_unwrap(a->p, &m, s))
-				fail_msg("cycle %u: %s cannot open its epoch of PSC %d", cycle, a->name, k);
+				fail_msg("cycle %u: %s cannot open its epoch of PSC %d", cycle,
+					 a->name, k);
 			in[k] = true;
 			epoch[k] = m.epoch;
 		}
 		for (int k = 0; k < STRESS_PSCS; k++) {
 			if (in[k] && epoch[k] < st.max_epoch[k])
-				fail_msg("cycle %u: %s holds epoch %" PRIu64 " of PSC %d, but epoch %" PRIu64
-					 " was sent before the crash", cycle, a->name, epoch[k], k,
-					 st.max_epoch[k]);
+				fail_msg("cycle %u: %s holds epoch %" PRIu64
+					 " of PSC %d, but epoch %" PRIu64
+					 " was sent before the crash",
+					 cycle, a->name, epoch[k], k, st.max_epoch[k]);
 			if ((a->st[k] == ST_IN && !in[k]) || (a->st[k] == ST_OUT && in[k]))
-				fail_msg("cycle %u: %s is %sa member of PSC %d, but its last acknowledged "
-					 "request was a %s", cycle, a->name, in[k] ? "" : "not ", k,
+				fail_msg("cycle %u: %s is %sa member of PSC %d, but its last "
+					 "acknowledged request was a %s",
+					 cycle, a->name, in[k] ? "" : "not ", k,
 					 a->st[k] == ST_IN ? "join" : "leave");
 			a->st[k] = in[k] ? ST_IN : ST_OUT; /* unknowns are resolved now */
 		}
@@ -635,15 +639,17 @@ static void reconnect_and_check(unsigned cycle)
 		proto_iter it;
 		proto_catchup_entry en;
 		bool seen = false;
-		proto_iter_init(&it, o->b.u.catchup_ans.entries.raw, o->b.u.catchup_ans.entries.raw_len);
+		proto_iter_init(&it, o->b.u.catchup_ans.entries.raw,
+				o->b.u.catchup_ans.entries.raw_len);
 		while (proto_next_catchup(&it, &en)) {
 			if (memcmp(en.psc_id, st.psc[k], 16) != 0)
 				continue;
 			seen = true;
 			if (en.epoch < st.max_epoch[k])
-				fail_msg("cycle %u: PSC %d is at epoch %" PRIu64 " after the restart, but "
-					 "epoch %" PRIu64 " was sent before", cycle, k, en.epoch,
-					 st.max_epoch[k]);
+				fail_msg("cycle %u: PSC %d is at epoch %" PRIu64
+					 " after the restart, but epoch %" PRIu64
+					 " was sent before",
+					 cycle, k, en.epoch, st.max_epoch[k]);
 		}
 		assert_true(seen);
 	}
@@ -733,11 +739,11 @@ static void random_sigkills_lose_no_acknowledged_change(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(after_audit_sync_the_join_is_not_in_the_state_and_is_aborted),
-		cmocka_unit_test(after_state_commit_the_join_is_durable_though_unanswered),
-		cmocka_unit_test(mid_send_the_join_is_durable_and_the_answer_never_left),
-		cmocka_unit_test(answered_denials_and_clean_stops_are_not_aborted),
-		cmocka_unit_test(random_sigkills_lose_no_acknowledged_change),
+	    cmocka_unit_test(after_audit_sync_the_join_is_not_in_the_state_and_is_aborted),
+	    cmocka_unit_test(after_state_commit_the_join_is_durable_though_unanswered),
+	    cmocka_unit_test(mid_send_the_join_is_durable_and_the_answer_never_left),
+	    cmocka_unit_test(answered_denials_and_clean_stops_are_not_aborted),
+	    cmocka_unit_test(random_sigkills_lose_no_acknowledged_change),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
