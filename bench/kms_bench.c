@@ -525,7 +525,7 @@ static void run_level(rawpeer **bench, uint8_t (*psc)[16], int c, double secs, l
 				bool refused = code == PSC_MSG_ERROR;
 				if (refused && !r->refused++)
 					snprintf(r->first_refusal, sizeof(r->first_refusal),
-						 "%s: %s",
+						 "%s: %.200s",
 						 ops[i].state == JOINING ? "join" : "leave", why);
 				if (ops[i].state == JOINING && !refused) {
 					r->joins++;
