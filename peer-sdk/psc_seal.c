@@ -508,7 +508,7 @@ static send_state *find_send(psc_peer_msg *m, const uint8_t psc_id[PSC_PSC_ID_LE
 	return NULL;
 }
 
-static void sweep_recv(psc_peer_msg *m);
+static void sweep_ended(psc_peer_msg *m);
 
 /* The send state for the PSC's current epoch, set up (new random
  * incarnation, seq 0) when the epoch changed or the key is exhausted. */
@@ -529,6 +529,12 @@ static psc_rc send_state_for(psc_peer_msg *m, const psc_entry *e, send_state **o
 		*out = st;
 		return PSC_OK;
 	}
+	/* A new epoch may have ended other keys too (of this or other PSCs):
+	 * wipe them first. That may remove st itself. */
+	if (!st || st->s.h.epoch != epoch) {
+		sweep_ended(m);
+		st = find_send(m, e->id);
+	}
 	if (!st) {
 		if (m->n_send == m->cap_send) {
 			size_t cap = m->cap_send ? 2 * m->cap_send : 4;
@@ -543,10 +549,7 @@ static psc_rc send_state_for(psc_peer_msg *m, const psc_entry *e, send_state **o
 		st = &m->send[m->n_send++];
 		memset(st, 0, sizeof(*st));
 	}
-	/* Superseded (new epoch) or exhausted: wipe, then a fresh incarnation.
-	 * A new epoch may also have ended old receive keys. */
-	if (st->s.h.epoch != epoch)
-		sweep_recv(m);
+	/* Exhausted or set up with other flags: wipe, then a fresh incarnation. */
 	psc_seal_sender_clear(&st->s);
 	rc = psc_seal_sender_init(&st->s, secret, e->id, epoch, m->peer->node_id, NULL, sign);
 	OPENSSL_cleanse(secret, sizeof(secret));
@@ -582,7 +585,7 @@ psc_rc psc_peer_seal(psc_peer_msg *m, const uint8_t psc_id[PSC_PEER_ID_LEN],
 
 /* Drops receive states whose epoch this peer no longer accepts (wiping their
  * keys), so superseded keys do not linger until eviction. */
-static void sweep_recv(psc_peer_msg *m)
+static void sweep_ended(psc_peer_msg *m)
 {
 	int64_t now = psc_sdk_mono_ms();
 	for (size_t i = m->n_recv; i-- > 0;) {
@@ -593,6 +596,16 @@ static void sweep_recv(psc_peer_msg *m)
 			  (e->prev.held && e->prev.epoch == r->epoch && e->prev_expiry > now));
 		if (!held)
 			recv_drop(m, i);
+	}
+	/* Send keys of PSCs no longer held, or of an epoch no longer current. */
+	for (size_t i = m->n_send; i-- > 0;) {
+		const psc_entry *e = psc_store_find(m->peer->store, m->send[i].s.h.psc_id);
+		if (e && e->cur.held && e->cur.epoch == m->send[i].s.h.epoch)
+			continue;
+		psc_seal_sender_clear(&m->send[i].s);
+		m->send[i] = m->send[m->n_send - 1];
+		memset(&m->send[m->n_send - 1], 0, sizeof(m->send[0]));
+		m->n_send--;
 	}
 }
 
@@ -767,7 +780,7 @@ psc_rc psc_peer_open(psc_peer_msg *m, const uint8_t *frame, size_t len, uint8_t 
 	}
 	if (!r) {
 		if (m->n_recv == MSG_MAX_RECV)
-			sweep_recv(m);
+			sweep_ended(m);
 		if (m->n_recv == MSG_MAX_RECV) {
 			/* Evict the least recently used sender: its replay window is
 			 * lost (docs/protocol.md §13.6). */
@@ -794,7 +807,7 @@ psc_rc psc_peer_open(psc_peer_msg *m, const uint8_t *frame, size_t len, uint8_t 
 	/* Receive keys of epochs that ended (rekey, grace expiry) are wiped at
 	 * the latest after MSG_SWEEP_EVERY messages, or at our next new epoch. */
 	if (m->tick % MSG_SWEEP_EVERY == 0)
-		sweep_recv(m);
+		sweep_ended(m);
 	if (info) {
 		memset(info, 0, sizeof(*info));
 		memcpy(info->psc_id, f.h.psc_id, PSC_PSC_ID_LEN);
@@ -830,4 +843,9 @@ psc_rc psc_seal_test_incarnation(psc_peer_msg *m, const uint8_t psc_id[PSC_PSC_I
 size_t psc_seal_test_recv_count(const psc_peer_msg *m)
 {
 	return m ? m->n_recv : 0;
+}
+
+size_t psc_seal_test_send_count(const psc_peer_msg *m)
+{
+	return m ? m->n_send : 0;
 }

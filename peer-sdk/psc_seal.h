@@ -175,5 +175,7 @@ psc_rc psc_seal_test_incarnation(psc_peer_msg *m, const uint8_t psc_id[PSC_PSC_I
 
 /* Receive states (derived keys + windows) held. */
 size_t psc_seal_test_recv_count(const psc_peer_msg *m);
+/* Send states (derived sender keys) held. */
+size_t psc_seal_test_send_count(const psc_peer_msg *m);
 
 #endif

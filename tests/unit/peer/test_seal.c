@@ -111,12 +111,13 @@ static void secret_for(uint64_t epoch, uint8_t s[32])
 		s[i] = (uint8_t)(epoch * 31 + (uint64_t)i);
 }
 
-/* Installs epoch `epoch` of PSC as a Refresh would (grace_ms 0 = removal rekey). */
-static void give(member *x, uint64_t epoch, uint32_t grace_ms, uint8_t flags)
+/* Installs epoch `epoch` of a PSC as a Refresh would (grace_ms 0 = removal rekey). */
+static void give_id(member *x, const uint8_t id[16], uint64_t epoch, uint32_t grace_ms,
+		    uint8_t flags)
 {
 	proto_material mt;
 	memset(&mt, 0, sizeof(mt));
-	memcpy(mt.psc_id, PSC, 16);
+	memcpy(mt.psc_id, id, 16);
 	mt.epoch = epoch;
 	mt.name = (proto_bytes){(const uint8_t *)"room", 4};
 	mt.suite = PSC_SUITE_AES256GCM_HKDF_SHA256;
@@ -124,8 +125,13 @@ static void give(member *x, uint64_t epoch, uint32_t grace_ms, uint8_t flags)
 	mt.grace_ms = grace_ms;
 	uint8_t s[32];
 	secret_for(epoch, s);
-	assert_false(psc_store_is_stale(x->p->store, PSC, epoch));
+	assert_false(psc_store_is_stale(x->p->store, id, epoch));
 	assert_int_equal(psc_store_apply(x->p->store, &mt, s, psc_sdk_mono_ms()), PSC_OK);
+}
+
+static void give(member *x, uint64_t epoch, uint32_t grace_ms, uint8_t flags)
+{
+	give_id(x, PSC, epoch, grace_ms, flags);
 }
 
 typedef struct frame {
@@ -460,6 +466,18 @@ static void grace_after_timer_none_after_removal(void **state)
 	frame own;
 	seal_ok(&w->b, "B in epoch 3", &own); /* a new epoch sweeps ended keys */
 	assert_int_equal(psc_seal_test_recv_count(w->b.m), 0);
+	/* A's sender key for the PSC goes once the PSC is gone (left, removed):
+	 * at the latest when A next sets up a sender key. */
+	assert_int_equal(psc_seal_test_send_count(w->a.m), 1);
+	psc_sdk_forget(w->a.p, PSC, 2, PSC_PEER_REASON_REMOVED, 0);
+	uint8_t other[16];
+	memset(other, 0x99, 16);
+	give_id(&w->a, other, 1, 0, 0);
+	psc_err err = {0};
+	assert_int_equal(psc_peer_seal(w->a.m, other, (const uint8_t *)"x", 1, own.b, sizeof(own.b),
+				       &own.n, &err),
+			 PSC_OK);
+	assert_int_equal(psc_seal_test_send_count(w->a.m), 1); /* only the other PSC's */
 	assert_int_equal(open_as(&w->b, &e2b, NULL, NULL), PSC_E_PEER_SEAL_STALE_EPOCH);
 	/* And a join rekey after that grants grace again. */
 	give(&w->a, 3, 0, 0);
