@@ -14,101 +14,42 @@
 
 #include <zmq.h>
 
-#include "psc_test.h"
+#include "kmsfx.h"
 #include "rawpeer.h"
 
 #define WAIT 8000
 
-static struct {
-	char dir[4096], ca[4200], config[4200], cert[4200], curve[64], endpoint[64], softhsm[4200],
-		log[4200];
-	pt_proc kmsd;
-	void *zctx;
-} fx;
-
-static int run_sh(const char *cmd)
-{
-	char *argv[] = {"sh", "-c", (char *)cmd, NULL};
-	char *out = NULL;
-	int rc = pt_run(argv, &out, 60000);
-	if (rc != 0)
-		fprintf(stderr, "%s: exit %d\n%s\n", cmd, rc, out ? out : "");
-	free(out);
-	return rc;
-}
-
-static void value(const char *out, const char *key, char *val, size_t cap)
-{
-	const char *p = strstr(out, key);
-	val[0] = '\0';
-	if (p)
-		snprintf(val, cap, "%.*s", (int)strcspn(p + strlen(key), "\n"), p + strlen(key));
-}
+static kmsfx fx;
+static char ca[4200]; /* a private copy of the test CA: this test revokes in it */
 
 static int setup(void **state)
 {
 	(void)state;
-	char cmd[65536];
-	if (pt_tmpdir(fx.dir, "kmscrl") != 0)
+	char tmp[4096], cmd[65536];
+	if (pt_tmpdir(tmp, "kmscrl-ca") != 0)
 		return -1;
-	/* A private CA copy whose openssl config points at the copy. */
-	snprintf(fx.ca, sizeof(fx.ca), "%s/ca", fx.dir);
-	snprintf(cmd, sizeof(cmd), "cp -r '%s' '%s' && sed -i 's#%s#%s#g' '%s/ca/ca.cnf' '%s/other/ca.cnf'",
-		 pt_ca_dir(), fx.ca, pt_ca_dir(), fx.ca, fx.ca, fx.ca);
-	if (run_sh(cmd) != 0)
+	snprintf(ca, sizeof(ca), "%s/ca", tmp);
+	/* the copy's openssl configuration must point at the copy */
+	snprintf(cmd, sizeof(cmd),
+		 "cp -r '%s' '%s' && sed -i 's#%s#%s#g' '%s/ca/ca.cnf' '%s/other/ca.cnf'",
+		 pt_ca_dir(), ca, pt_ca_dir(), ca, ca, ca);
+	if (kmsfx_sh(cmd) != 0)
 		return -1;
-	int port = pt_free_port();
-	snprintf(fx.endpoint, sizeof(fx.endpoint), "tcp://127.0.0.1:%d", port);
-	char script[4200], kmsdir[4200], bindir[4200], portstr[16];
-	snprintf(script, sizeof(script), "%s/tests/integration/mkkms.sh", PSC_SOURCE_DIR);
-	snprintf(kmsdir, sizeof(kmsdir), "%s/kms", fx.dir);
-	snprintf(bindir, sizeof(bindir), "%s/kms", PSC_BINARY_DIR);
-	snprintf(portstr, sizeof(portstr), "%d", port);
-	setenv("PSC_TEST_CRL_RELOAD_S", "1", 1);
-	char *argv[] = {script, kmsdir, fx.ca, bindir, portstr, NULL};
-	char *out = NULL;
-	int rc = pt_run(argv, &out, 60000);
-	unsetenv("PSC_TEST_CRL_RELOAD_S");
-	if (rc != 0) {
-		fprintf(stderr, "mkkms.sh: %s\n", out ? out : "");
-		free(out);
+	static const char *const env[] = {"PSC_TEST_CRL_RELOAD_S=1", NULL};
+	if (kmsfx_install(&fx, "kmscrl", ca, env) != 0 || kmsfx_start(&fx) != 0)
 		return -1;
-	}
-	value(out, "KMS_CONFIG=", fx.config, sizeof(fx.config));
-	value(out, "KMS_CERT=", fx.cert, sizeof(fx.cert));
-	value(out, "KMS_CURVE_PUB=", fx.curve, sizeof(fx.curve));
-	value(out, "SOFTHSM2_CONF=", fx.softhsm, sizeof(fx.softhsm));
-	free(out);
-	snprintf(fx.log, sizeof(fx.log), "%s/kmsd.log", fx.dir);
-	char env_conf[4300], bin[4200];
-	snprintf(env_conf, sizeof(env_conf), "SOFTHSM2_CONF=%s", fx.softhsm);
-	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsd", PSC_BINARY_DIR);
-	char *env[] = {env_conf, NULL};
-	char *kargv[] = {bin, "-c", fx.config, NULL};
-	if (pt_proc_start(&fx.kmsd, kargv, env, fx.log) != 0)
-		return -1;
-	for (int i = 0; i < 500; i++) {
-		size_t n = 0;
-		char *txt = (char *)pt_read_file(fx.log, &n);
-		int ready = txt && memmem(txt, n, "listening on", 12);
-		free(txt);
-		if (ready) {
-			fx.zctx = zmq_ctx_new();
-			return 0;
-		}
-		if (pt_proc_wait(&fx.kmsd, 20) != -1)
-			return -1;
-	}
-	return -1;
+	return 0;
 }
 
 static int teardown(void **state)
 {
 	(void)state;
-	pt_proc_stop(&fx.kmsd, 10000);
-	if (fx.zctx)
-		zmq_ctx_term(fx.zctx);
-	pt_rm_rf(fx.dir);
+	kmsfx_cleanup(&fx);
+	char *slash = strrchr(ca, '/');
+	if (slash) {
+		*slash = '\0';
+		pt_rm_rf(ca);
+	}
 	return 0;
 }
 
@@ -160,8 +101,8 @@ static void revoked_member_is_evicted_and_the_psc_rekeyed(void **state)
 		 "export PSC_SAN=email:x; openssl ca -batch -config '%s/ca/ca.cnf' -revoke "
 		 "'%s/peer3.crt.pem' 2>&1 && openssl ca -batch -config '%s/ca/ca.cnf' -gencrl "
 		 "-out '%s/crl.pem.new' 2>&1 && mv '%s/crl.pem.new' '%s/crl.pem'",
-		 fx.ca, fx.ca, fx.ca, fx.ca, fx.ca, fx.ca);
-	assert_int_equal(run_sh(cmd), 0);
+		 ca, ca, ca, ca, ca, ca);
+	assert_int_equal(kmsfx_sh(cmd), 0);
 
 	refresh(a, psc, PSC_REFRESH_EVICT);
 	assert_int_equal(a->b.u.refresh_req.material.grace_ms, 0);
@@ -181,8 +122,8 @@ static void revoked_member_is_evicted_and_the_psc_rekeyed(void **state)
 	assert_int_equal(c->err.psc_reason, PSC_REASON_CERT_REVOKED);
 
 	/* A broken CRL is refused: the previous one stays (peer3 still refused, peer1 served). */
-	snprintf(cmd, sizeof(cmd), "echo garbage > '%s/crl.pem'", fx.ca);
-	assert_int_equal(run_sh(cmd), 0);
+	snprintf(cmd, sizeof(cmd), "echo garbage > '%s/crl.pem'", ca);
+	assert_int_equal(kmsfx_sh(cmd), 0);
 	struct timespec ts = {2, 0};
 	nanosleep(&ts, NULL);
 	tx = rp_initialize(c, 0, NULL, NULL);

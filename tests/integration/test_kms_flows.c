@@ -17,106 +17,31 @@
 #include <zmq.h>
 
 #include "proto_cert.h"
-#include "psc_test.h"
+#include "kmsfx.h"
 #include "rawpeer.h"
 
 #define WAIT 8000
 
-static struct {
-	char dir[4096];
-	char config[4200], cert[4200], curve[64], endpoint[64], softhsm[4200], log[4200];
-	pt_proc kmsd;
-	void *zctx;
-} fx;
-
-static int line_value(const char *out, const char *key, char *val, size_t cap)
-{
-	const char *p = strstr(out, key);
-	if (!p)
-		return -1;
-	p += strlen(key);
-	size_t n = strcspn(p, "\n");
-	snprintf(val, cap, "%.*s", (int)n, p);
-	return 0;
-}
-
-static int kmsd_start(void)
-{
-	char env_conf[4300];
-	snprintf(env_conf, sizeof(env_conf), "SOFTHSM2_CONF=%s", fx.softhsm);
-	char *env[] = {env_conf, NULL};
-	char bin[4200];
-	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsd", PSC_BINARY_DIR);
-	char *argv[] = {bin, "-c", fx.config, NULL};
-	size_t before = 0; /* the log is appended to across restarts */
-	char *old = (char *)pt_read_file(fx.log, &before);
-	free(old);
-	if (pt_proc_start(&fx.kmsd, argv, env, fx.log) != 0)
-		return -1;
-	for (int i = 0; i < 300; i++) { /* wait for this run's "listening on" */
-		size_t n = 0;
-		char *txt = (char *)pt_read_file(fx.log, &n);
-		int ready = txt && n > before && memmem(txt + before, n - before, "listening on", 12);
-		free(txt);
-		if (ready)
-			return 0;
-		if (pt_proc_wait(&fx.kmsd, 20) != -1)
-			return -1;
-	}
-	return -1;
-}
+static kmsfx fx;
+static rawpeer *p1, *p2, *p3, *p4;
 
 static int setup(void **state)
 {
 	(void)state;
-	memset(&fx, 0, sizeof(fx));
-	if (pt_tmpdir(fx.dir, "kmsflows") != 0)
+	if (kmsfx_install(&fx, "kmsflows", NULL, NULL) != 0 || kmsfx_start(&fx) != 0)
 		return -1;
-	int port = pt_free_port();
-	snprintf(fx.endpoint, sizeof(fx.endpoint), "tcp://127.0.0.1:%d", port);
-	char script[4200], portstr[16], kmsdir[4200], bindir[4200], ca[4200];
-	snprintf(script, sizeof(script), "%s/tests/integration/mkkms.sh", PSC_SOURCE_DIR);
-	snprintf(portstr, sizeof(portstr), "%d", port);
-	snprintf(kmsdir, sizeof(kmsdir), "%s/kms", fx.dir);
-	snprintf(bindir, sizeof(bindir), "%s/kms", PSC_BINARY_DIR);
-	snprintf(ca, sizeof(ca), "%s", pt_ca_dir());
-	char *argv[] = {script, kmsdir, ca, bindir, portstr, NULL};
-	char *out = NULL;
-	if (pt_run(argv, &out, 60000) != 0) {
-		fprintf(stderr, "mkkms.sh failed:\n%s\n", out ? out : "");
-		free(out);
-		return -1;
-	}
-	line_value(out, "KMS_CONFIG=", fx.config, sizeof(fx.config));
-	line_value(out, "KMS_CERT=", fx.cert, sizeof(fx.cert));
-	line_value(out, "KMS_CURVE_PUB=", fx.curve, sizeof(fx.curve));
-	line_value(out, "SOFTHSM2_CONF=", fx.softhsm, sizeof(fx.softhsm));
-	free(out);
-	snprintf(fx.log, sizeof(fx.log), "%s/kmsd.log", fx.dir);
-	fx.zctx = zmq_ctx_new();
-	if (kmsd_start() != 0) {
-		size_t n = 0;
-		char *txt = (char *)pt_read_file(fx.log, &n);
-		fprintf(stderr, "psc-kmsd did not start:\n%.*s\n", (int)n, txt ? txt : "");
-		free(txt);
-		return -1;
-	}
 	return 0;
 }
-
-static rawpeer *p1, *p2, *p3, *p4;
 
 static int teardown(void **state)
 {
 	(void)state;
-	pt_proc_stop(&fx.kmsd, 10000);
+	(void)kmsfx_stop(&fx);
 	rp_free(&p1); /* zmq_ctx_term waits for every socket */
 	rp_free(&p2);
 	rp_free(&p3);
 	rp_free(&p4);
-	zmq_ctx_term(fx.zctx);
-	if (!getenv("PSC_KEEP"))
-		pt_rm_rf(fx.dir);
+	kmsfx_cleanup(&fx);
 	return 0;
 }
 
@@ -619,19 +544,14 @@ static void flood_above_the_rate_limit_is_dropped_and_others_are_served(void **s
 static void audit_log_of_the_run_verifies(void **state)
 {
 	(void)state;
-	assert_int_equal(pt_proc_stop(&fx.kmsd, 10000), 0);
-	char bin[4200], dir[4200];
-	snprintf(bin, sizeof(bin), "%s/audit/psc-audit", PSC_BINARY_DIR);
-	snprintf(dir, sizeof(dir), "%s/kms/audit", fx.dir);
-	char *argv[] = {bin, "verify", dir, NULL};
+	assert_int_equal(kmsfx_stop(&fx), 0);
 	char *out = NULL;
-	int rc = pt_run(argv, &out, 60000);
+	int rc = kmsfx_audit(&fx, "verify", NULL, NULL, &out);
 	if (rc != 0)
 		fail_msg("psc-audit verify exit %d:\n%s", rc, out ? out : "");
 	free(out);
 	/* Key events are in it, and no key material is. */
-	char *show[] = {bin, "show", dir, NULL};
-	rc = pt_run(show, &out, 60000);
+	rc = kmsfx_audit(&fx, "show", NULL, NULL, &out);
 	assert_int_equal(rc, 0);
 	assert_non_null(strstr(out, "psc.establish"));
 	assert_non_null(strstr(out, "psc.join"));
@@ -642,7 +562,7 @@ static void audit_log_of_the_run_verifies(void **state)
 	assert_null(strstr(out, hex));
 	free(out);
 	/* restart: the KMS starts on the same state and log */
-	assert_int_equal(kmsd_start(), 0);
+	assert_int_equal(kmsfx_start(&fx), 0);
 	rawpeer *p = joined("peer1");
 	rp_free(&p);
 }

@@ -1,0 +1,122 @@
+#include "kmsfx.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+static void value(const char *out, const char *key, char *val, size_t cap)
+{
+	const char *p = strstr(out, key);
+	val[0] = '\0';
+	if (p)
+		snprintf(val, cap, "%.*s", (int)strcspn(p + strlen(key), "\n"), p + strlen(key));
+}
+
+int kmsfx_sh(const char *cmd)
+{
+	char *argv[] = {"sh", "-c", (char *)cmd, NULL};
+	char *out = NULL;
+	int rc = pt_run(argv, &out, 60000);
+	if (rc != 0)
+		fprintf(stderr, "%s: exit %d\n%s\n", cmd, rc, out ? out : "");
+	free(out);
+	return rc;
+}
+
+int kmsfx_install(kmsfx *fx, const char *tag, const char *ca, const char *const *env)
+{
+	memset(fx, 0, sizeof(*fx));
+	if (pt_tmpdir(fx->dir, tag) != 0)
+		return -1;
+	int port = pt_free_port();
+	snprintf(fx->endpoint, sizeof(fx->endpoint), "tcp://127.0.0.1:%d", port);
+	char script[4200], bindir[4200], portstr[16], cadir[4200];
+	snprintf(script, sizeof(script), "%s/tests/integration/mkkms.sh", PSC_SOURCE_DIR);
+	snprintf(fx->kmsdir, sizeof(fx->kmsdir), "%s/kms", fx->dir);
+	snprintf(bindir, sizeof(bindir), "%s/kms", PSC_BINARY_DIR);
+	snprintf(portstr, sizeof(portstr), "%d", port);
+	snprintf(cadir, sizeof(cadir), "%s", ca ? ca : pt_ca_dir());
+	char *argv[] = {script, fx->kmsdir, cadir, bindir, portstr, NULL};
+	for (size_t i = 0; env && env[i]; i++)
+		putenv((char *)env[i]);
+	char *out = NULL;
+	int rc = pt_run(argv, &out, 60000);
+	for (size_t i = 0; env && env[i]; i++) {
+		char name[128];
+		snprintf(name, sizeof(name), "%.*s", (int)strcspn(env[i], "="), env[i]);
+		unsetenv(name);
+	}
+	if (rc != 0) {
+		fprintf(stderr, "mkkms.sh failed (%d):\n%s\n", rc, out ? out : "");
+		free(out);
+		return -1;
+	}
+	value(out, "KMS_CONFIG=", fx->config, sizeof(fx->config));
+	value(out, "KMS_CERT=", fx->cert, sizeof(fx->cert));
+	value(out, "KMS_CURVE_PUB=", fx->curve, sizeof(fx->curve));
+	value(out, "SOFTHSM2_CONF=", fx->softhsm, sizeof(fx->softhsm));
+	free(out);
+	snprintf(fx->log, sizeof(fx->log), "%s/kmsd.log", fx->dir);
+	fx->zctx = zmq_ctx_new();
+	return fx->zctx ? 0 : -1;
+}
+
+int kmsfx_start(kmsfx *fx)
+{
+	char env_conf[4300], bin[4200];
+	snprintf(env_conf, sizeof(env_conf), "SOFTHSM2_CONF=%s", fx->softhsm);
+	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsd", PSC_BINARY_DIR);
+	char *env[] = {env_conf, NULL};
+	char *argv[] = {bin, "-c", fx->config, NULL};
+	size_t before = 0; /* the log is appended to across restarts */
+	free(pt_read_file(fx->log, &before));
+	if (pt_proc_start(&fx->kmsd, argv, env, fx->log) != 0)
+		return -1;
+	for (int i = 0; i < 1000; i++) {
+		size_t n = 0;
+		char *txt = (char *)pt_read_file(fx->log, &n);
+		int ready = txt && n > before &&
+			    memmem(txt + before, n - before, "listening on", 12) != NULL;
+		free(txt);
+		if (ready)
+			return 0;
+		if (pt_proc_wait(&fx->kmsd, 20) != -1) {
+			txt = (char *)pt_read_file(fx->log, &n);
+			fprintf(stderr, "psc-kmsd exited:\n%.*s\n", (int)n, txt ? txt : "");
+			free(txt);
+			return -1;
+		}
+	}
+	return -1;
+}
+
+int kmsfx_stop(kmsfx *fx)
+{
+	int rc = pt_proc_stop(&fx->kmsd, 10000);
+	fx->kmsd.pid = 0;
+	return rc;
+}
+
+void kmsfx_cleanup(kmsfx *fx)
+{
+	if (fx->kmsd.pid && !fx->kmsd.exited)
+		(void)kmsfx_stop(fx);
+	if (fx->zctx)
+		zmq_ctx_term(fx->zctx);
+	fx->zctx = NULL;
+	if (fx->dir[0] && !getenv("PSC_KEEP"))
+		pt_rm_rf(fx->dir);
+}
+
+int kmsfx_audit(kmsfx *fx, const char *sub, const char *a1, const char *a2, char **out)
+{
+	char bin[4200], dir[4300];
+	snprintf(bin, sizeof(bin), "%s/audit/psc-audit", PSC_BINARY_DIR);
+	snprintf(dir, sizeof(dir), "%s/audit", fx->kmsdir);
+	char *argv[] = {bin, (char *)sub, dir, (char *)a1, (char *)a2, NULL};
+	if (!a1)
+		argv[3] = NULL;
+	return pt_run(argv, out, 60000);
+}
