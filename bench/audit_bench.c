@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "aud_log.h"
 
 #define SINGLE_SECS 12.0  /* wall time for the per-record pair */
@@ -26,13 +27,6 @@
 #define SINGLE_MAX 20000
 #define GROUP_MAX 2000000
 #define BATCH 64
-
-static double now(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 static void die(const char *what, const psc_err *e)
 {
@@ -86,13 +80,13 @@ static size_t log_batch(aud_log *log, int rfd, off_t *done, unsigned batch, unsi
 {
 	psc_err e;
 	psc_err_clear(&e);
-	double t0 = now();
+	double t0 = bench_now();
 	for (unsigned k = 0; k < batch; k++)
 		one_record(log, (*i)++);
-	double t1 = now();
+	double t1 = bench_now();
 	if (aud_log_commit(log, NULL, &e) != PSC_OK)
 		die("commit", &e);
-	double t2 = now();
+	double t2 = bench_now();
 	r->secs += t2 - t0;
 	r->append_secs += t1 - t0;
 	r->commit_secs += t2 - t1;
@@ -110,10 +104,10 @@ static size_t log_batch(aud_log *log, int rfd, off_t *done, unsigned batch, unsi
 
 static void bare_batch(int bfd, const char *buf, size_t n, result *r)
 {
-	double t0 = now();
+	double t0 = bench_now();
 	if (write(bfd, buf, n) != (ssize_t)n || fdatasync(bfd) != 0)
 		die("bare write", NULL);
-	r->secs += now() - t0;
+	r->secs += bench_now() - t0;
 	r->syncs++;
 	r->bytes += n;
 }
@@ -146,8 +140,8 @@ static void run_pair(const char *dir, EVP_PKEY *key, unsigned batch, unsigned ma
 		die("setup", NULL);
 	off_t done = 0;
 	unsigned i = 0;
-	double start = now();
-	while (i < max && now() - start < budget) {
+	double start = bench_now();
+	while (i < max && bench_now() - start < budget) {
 		size_t n1 = log_batch(log, rfd, &done, batch, &i, b1, log_r);
 		size_t n2 = log_batch(log, rfd, &done, batch, &i, b2, log_r);
 		bare_batch(bfd, b1, n1, bare_r);
@@ -161,26 +155,6 @@ static void run_pair(const char *dir, EVP_PKEY *key, unsigned batch, unsigned ma
 	unlink(out);
 	if (aud_log_close(&log, &e) != PSC_OK)
 		die("close", &e);
-}
-
-static void cpu_model(char *out, size_t cap)
-{
-	snprintf(out, cap, "unknown CPU");
-	FILE *f = fopen("/proc/cpuinfo", "r");
-	char line[512];
-	while (f && fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "model name", 10) == 0) {
-			char *c = strchr(line, ':');
-			if (c) {
-				c += 2;
-				c[strcspn(c, "\n")] = '\0';
-				snprintf(out, cap, "%s", c);
-			}
-			break;
-		}
-	}
-	if (f)
-		fclose(f);
 }
 
 /* Filesystem type and device of the mount holding path (longest prefix). */
@@ -258,7 +232,7 @@ int main(int argc, char **argv)
 	run_pair(d2, key, BATCH, GROUP_MAX, GROUP_SECS, &b, &bb);
 
 	char cpu[256], fs[1500], sec[4200];
-	cpu_model(cpu, sizeof(cpu));
+	bench_cpu_model(cpu, sizeof(cpu));
 	fs_of(root, fs, sizeof(fs));
 	struct utsname u;
 	uname(&u);

@@ -26,6 +26,7 @@
 #include <openssl/x509.h>
 #include <p11-kit/pkcs11.h>
 
+#include "bench_util.h"
 #include "hsm_ceremony.h"
 #include "hsm_ctx.h"
 #include "hsm_epoch.h"
@@ -35,13 +36,6 @@
 #define ROUNDS 7
 
 static int round_ms = 300;
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* CPU time of this thread: SoftHSM runs in-process, so this counts all the work
  * of an operation, and other processes on a shared machine barely disturb it. */
@@ -338,26 +332,6 @@ static EVP_PKEY *cert_pub(const char *dir, const char *name)
 	return k;
 }
 
-static void cpu_model(char *out, size_t n)
-{
-	snprintf(out, n, "unknown CPU");
-	FILE *fp = fopen("/proc/cpuinfo", "r");
-	char line[512];
-	while (fp && fgets(line, sizeof(line), fp)) {
-		if (strncmp(line, "model name", 10) == 0) {
-			char *c = strchr(line, ':');
-			if (c) {
-				c += 2;
-				c[strcspn(c, "\n")] = '\0';
-				snprintf(out, n, "%s", c);
-			}
-			break;
-		}
-	}
-	if (fp)
-		fclose(fp);
-}
-
 int main(int argc, char **argv)
 {
 	int write_doc = 1, prof_row = -1;
@@ -374,7 +348,7 @@ int main(int argc, char **argv)
 		else
 			die("usage", "hsm_bench [--no-doc] [--round-ms N] [--profile ROW m|b]");
 	}
-	double t_start = now_s();
+	double t_start = bench_now();
 	char dir[] = "/tmp/psc-hsm-bench-XXXXXX";
 	if (!mkdtemp(dir))
 		die("mkdtemp", dir);
@@ -482,7 +456,7 @@ int main(int argc, char **argv)
 		measure(&rows[i]);
 
 	char cpu[256], date[64];
-	cpu_model(cpu, sizeof(cpu));
+	bench_cpu_model(cpu, sizeof(cpu));
 	time_t now = time(NULL);
 	strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", gmtime(&now));
 	struct utsname u;
@@ -516,7 +490,7 @@ int main(int argc, char **argv)
 		     "the signature) with a bare CKM_ECDSA over a ready digest; that gap is "
 		     "libp11's, not psc_hsm's.\n");
 	fclose(out);
-	printf("(total %.1f s)\n", now_s() - t_start);
+	printf("(total %.1f s)\n", bench_now() - t_start);
 
 	hsm_eph_free(&B.eph);
 	EVP_PKEY_free(B.signer);

@@ -43,6 +43,7 @@
 #include <sqlite3.h>
 #include <zmq.h>
 
+#include "bench_util.h"
 #include "hsm_ctx.h"
 #include "hsm_epoch.h"
 #include "hsm_wrap.h"
@@ -71,13 +72,6 @@ static struct {
 	X509 *ca_cert;
 	EVP_PKEY *ca_key;
 } fx;
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void die(const char *what)
 {
@@ -408,7 +402,7 @@ typedef struct drain {
 	pthread_t thread;
 	atomic_int stop;
 	atomic_uint_fast64_t msgs, bytes;
-	_Atomic double last; /* now() of the latest arrival */
+	_Atomic double last; /* bench_now() of the latest arrival */
 } drain;
 
 static void *drain_main(void *arg)
@@ -434,7 +428,7 @@ static void *drain_main(void *arg)
 				}
 				atomic_fetch_add(&d->bytes, zmq_msg_size(&msg));
 				zmq_msg_close(&msg);
-				atomic_store(&d->last, now());
+				atomic_store(&d->last, bench_now());
 				atomic_fetch_add(&d->msgs, 1);
 			}
 		}
@@ -496,18 +490,18 @@ static void run_level(rawpeer **bench, uint8_t (*psc)[16], int c, double secs, l
 	memset(r, 0, sizeof(*r));
 	double cpu_loop0 = proc_cpu(fx.kmsd.pid, fx.kmsd.pid), cpu_kms0 = proc_cpu(fx.kmsd.pid, 0);
 	double cpu_self0 = self_cpu();
-	double t0 = now(), t_end = t0 + secs;
+	double t0 = bench_now(), t_end = t0 + secs;
 	for (int i = 0; i < c; i++) {
 		it[i] = (zmq_pollitem_t){bench[i]->sock, 0, ZMQ_POLLIN, 0};
-		ops[i].sent = now();
+		ops[i].sent = bench_now();
 		ops[i].tx = rp_psc_req(bench[i], PSC_MSG_JOIN_REQ, psc[i]);
 		ops[i].state = JOINING;
 	}
 	int active = c;
-	double last_progress = now();
+	double last_progress = bench_now();
 	while (active) {
 		if (zmq_poll(it, c, 1000) <= 0) {
-			if (now() - last_progress > WAIT_MS / 1000.0)
+			if (bench_now() - last_progress > WAIT_MS / 1000.0)
 				die("the KMS stopped answering joins/leaves");
 			continue;
 		}
@@ -520,7 +514,7 @@ static void run_level(rawpeer **bench, uint8_t (*psc)[16], int c, double secs, l
 			while (recv_light(bench[i], &tx, &code, why, sizeof(why))) {
 				if (tx != ops[i].tx || (code & 1))
 					continue; /* not the answer we wait for */
-				double t = now();
+				double t = bench_now();
 				last_progress = t;
 				bool refused = code == PSC_MSG_ERROR;
 				if (refused && !r->refused++)
@@ -548,7 +542,7 @@ static void run_level(rawpeer **bench, uint8_t (*psc)[16], int c, double secs, l
 			}
 		}
 	}
-	double wall = now() - t0;
+	double wall = bench_now() - t0;
 	double loop_cpu = proc_cpu(fx.kmsd.pid, fx.kmsd.pid) - cpu_loop0;
 	r->loop_busy = loop_cpu / wall;
 	r->kms_busy = (proc_cpu(fx.kmsd.pid, 0) - cpu_kms0) / wall;
@@ -762,12 +756,12 @@ static const struct {
 static double bare_cost(bare *b, int op, double secs)
 {
 	unsigned long n = 0;
-	double t0 = now(), t;
+	double t0 = bench_now(), t;
 	do {
 		for (int i = 0; i < 8; i++)
 			bare_ops[op].fn(b);
 		n += 8;
-		t = now() - t0;
+		t = bench_now() - t0;
 	} while (t < secs);
 	return t / (double)n;
 }
@@ -806,7 +800,7 @@ static double bare_build(bare *b, size_t n, bool full)
 	uint8_t cert[600] = {0x30};
 	proto_signer signer = {
 	    .key = b->id_key, .cert_der = cert, .cert_len = sizeof(cert), .omit_certificates = 1};
-	double t0 = now();
+	double t0 = bench_now();
 	for (size_t i = 0; i < n; i++) {
 		proto_material *m = &bodies[i].u.refresh_req.material;
 		bodies[i].code = PSC_MSG_REFRESH_REQ;
@@ -833,7 +827,7 @@ static double bare_build(bare *b, size_t n, bool full)
 	if (proto_message_build_batch(envs, (const uint8_t *const *)enc, enc_len, n, &signer, outs,
 				      out_len, NULL) != PSC_OK)
 		die("proto_message_build_batch");
-	double t = now() - t0;
+	double t = bench_now() - t0;
 	for (size_t i = 0; i < n; i++) {
 		free(enc[i]);
 		free(outs[i]);
@@ -862,8 +856,8 @@ typedef struct big_result {
 static double wait_refreshes(drain *d, uint64_t mark, uint64_t want, double sent,
 			     unsigned long *got)
 {
-	double t_end = now() + WAIT_MS / 1000.0;
-	while (atomic_load(&d->msgs) < mark + want && now() < t_end)
+	double t_end = bench_now() + WAIT_MS / 1000.0;
+	while (atomic_load(&d->msgs) < mark + want && bench_now() < t_end)
 		usleep(1000);
 	*got = (unsigned long)(atomic_load(&d->msgs) - mark);
 	return *got >= want ? atomic_load(&d->last) - sent : NAN;
@@ -873,13 +867,13 @@ static double wait_refreshes(drain *d, uint64_t mark, uint64_t want, double sent
 static void drain_settle(drain *d)
 {
 	uint64_t seen = atomic_load(&d->msgs);
-	double quiet_since = now(), t_end = now() + WAIT_MS / 1000.0;
-	while (now() - quiet_since < 0.15 && now() < t_end) {
+	double quiet_since = bench_now(), t_end = bench_now() + WAIT_MS / 1000.0;
+	while (bench_now() - quiet_since < 0.15 && bench_now() < t_end) {
 		usleep(10000);
 		uint64_t m = atomic_load(&d->msgs);
 		if (m != seen) {
 			seen = m;
-			quiet_since = now();
+			quiet_since = bench_now();
 		}
 	}
 }
@@ -889,41 +883,22 @@ static void big_cycle(rawpeer *joiner, const uint8_t psc[16], drain *d, size_t o
 {
 	uint64_t mark = atomic_load(&d->msgs), bytes0 = atomic_load(&d->bytes);
 	double cpu0 = proc_cpu(fx.kmsd.pid, fx.kmsd.pid);
-	double t = now();
+	double t = bench_now();
 	uint64_t tx = rp_psc_req(joiner, PSC_MSG_JOIN_REQ, psc);
 	check_answer(joiner, tx, "Join (1,000 members)");
-	r->join_ms = 1e3 * (now() - t);
+	r->join_ms = 1e3 * (bench_now() - t);
 	r->join_cpu_ms = 1e3 * (proc_cpu(fx.kmsd.pid, fx.kmsd.pid) - cpu0);
 	r->join_all_ms = 1e3 * wait_refreshes(d, mark, others, t, &r->join_got);
 	r->join_bytes = atomic_load(&d->bytes) - bytes0;
 	mark = atomic_load(&d->msgs);
-	t = now();
+	t = bench_now();
 	tx = rp_psc_req(joiner, PSC_MSG_LEAVE_REQ, psc);
 	check_answer(joiner, tx, "Leave (1,000 members)");
-	r->leave_ms = 1e3 * (now() - t);
+	r->leave_ms = 1e3 * (bench_now() - t);
 	r->leave_all_ms = 1e3 * wait_refreshes(d, mark, others, t, &r->leave_got);
 }
 
 /* ---- report ---------------------------------------------------------------- */
-
-static void cpu_model(char *out, size_t n)
-{
-	snprintf(out, n, "unknown CPU");
-	FILE *f = fopen("/proc/cpuinfo", "r");
-	char line[512];
-	while (f && fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "model name", 10) == 0) {
-			char *c = strchr(line, ':');
-			if (c) {
-				snprintf(out, n, "%s", c + 2);
-				out[strcspn(out, "\n")] = '\0';
-			}
-			break;
-		}
-	}
-	if (f)
-		fclose(f);
-}
 
 static double min_d(double a, double b)
 {
@@ -937,7 +912,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: kms_bench [--doc]\n");
 		return 2;
 	}
-	double t_start = now();
+	double t_start = bench_now();
 	double load0[3] = {0};
 	(void)!getloadavg(load0, 3);
 	struct rlimit rl;
@@ -952,7 +927,7 @@ int main(int argc, char **argv)
 	enum { N_IDS = N_FILL + N_BENCH + N_BIG };
 	static char names[N_IDS][16];
 	static EVP_PKEY *keys[N_IDS];
-	double t = now();
+	double t = bench_now();
 	for (unsigned i = 0; i < N_IDS; i++) {
 		if (i < N_FILL)
 			snprintf(names[i], sizeof(names[i]), "fill%02u", i);
@@ -962,7 +937,7 @@ int main(int argc, char **argv)
 			snprintf(names[i], sizeof(names[i]), "m%04u", i - N_FILL - N_BENCH);
 		keys[i] = issue(names[i], i + 1);
 	}
-	double t_certs = now() - t;
+	double t_certs = bench_now() - t;
 	kmsd_start();
 	fx.zctx = zmq_ctx_new();
 	zmq_ctx_set(fx.zctx, ZMQ_MAX_SOCKETS, 4 * N_IDS);
@@ -970,9 +945,9 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < N_IDS; i++)
 		peers[i] = connect_peer(names[i]);
 	rawpeer **fill = peers, **bench = peers + N_FILL, **big = peers + N_FILL + N_BENCH;
-	t = now();
+	t = bench_now();
 	initialize_all(peers, N_IDS);
-	double t_init = now() - t;
+	double t_init = bench_now() - t;
 	static uint8_t psc[N_BENCH][16];
 	for (int i = 0; i < N_BENCH; i++) {
 		char name[32];
@@ -981,9 +956,9 @@ int main(int argc, char **argv)
 	}
 	/* the big PSC: N_BIG - 1 members now, the last identity joins and leaves */
 	uint8_t big_psc[16];
-	t = now();
+	t = bench_now();
 	establish(big[0], "big", big + 1, N_BIG - 2, big_psc);
-	double t_big_establish = now() - t;
+	double t_big_establish = bench_now() - t;
 	printf("setup: %d certificates %.2f s, %d Initialize %.2f s, establish of %d members "
 	       "%.0f ms\n",
 	       N_IDS, t_certs, N_IDS, t_init, N_BIG - 1, 1e3 * t_big_establish);
@@ -1065,7 +1040,7 @@ int main(int argc, char **argv)
 
 	/* report */
 	char cpu[256];
-	cpu_model(cpu, sizeof(cpu));
+	bench_cpu_model(cpu, sizeof(cpu));
 	struct utsname u;
 	uname(&u);
 	time_t wall = time(NULL);
@@ -1103,7 +1078,7 @@ int main(int argc, char **argv)
 		    "limits raised out of the way); audit log and SQLite state on the same disk "
 		    "as the bare fsync loops.\n\n",
 		    when, u.machine, cpu, sysconf(_SC_NPROCESSORS_ONLN), load0[0], load1[0],
-		    now() - t_start);
+		    bench_now() - t_start);
 		fprintf(
 		    f,
 		    "Setup, not a figure: temp CA by `mkca.sh`, KMS by `mkkms.sh` with a "

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "pol_policy.h"
 
 #define N_RULES 200
@@ -20,32 +21,6 @@
 #define N_GROUPS 10
 #define N_REQ 256
 #define RUN_SECONDS 2.0
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void cpu_model(char *out, size_t n)
-{
-	snprintf(out, n, "unknown CPU");
-	FILE *f = fopen("/proc/cpuinfo", "r");
-	char line[512];
-	while (f && fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "model name", 10) == 0) {
-			char *c = strchr(line, ':');
-			if (c) {
-				snprintf(out, n, "%s", c + 2);
-				out[strcspn(out, "\n")] = '\0';
-			}
-			break;
-		}
-	}
-	if (f)
-		fclose(f);
-}
 
 struct sb {
 	char *p;
@@ -211,7 +186,7 @@ static struct run measure(const pol_policy *pol, pol_state *st, struct reqs *r, 
 {
 	struct run out = {0};
 	pol_decision d;
-	double t0 = now_s(), t;
+	double t0 = bench_now(), t;
 	unsigned long n = 0;
 	do {
 		for (int k = 0; k < 4096; k++, n++) {
@@ -221,7 +196,7 @@ static struct run measure(const pol_policy *pol, pol_state *st, struct reqs *r, 
 			}
 			out.outcomes[d.outcome]++;
 		}
-		t = now_s() - t0;
+		t = bench_now() - t0;
 	} while (t < RUN_SECONDS);
 	out.n = n;
 	out.per_s = (double)n / t;
@@ -235,7 +210,7 @@ int main(int argc, char **argv)
 	char *yaml = gen_policy(&len);
 	pol_policy *pol = NULL;
 	psc_err err;
-	double t0 = now_s();
+	double t0 = bench_now();
 	int loads = 0;
 	do {
 		pol_policy_free(&pol);
@@ -245,8 +220,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		loads++;
-	} while (now_s() - t0 < 1.0);
-	double load_ms = (now_s() - t0) * 1000.0 / loads;
+	} while (bench_now() - t0 < 1.0);
+	double load_ms = (bench_now() - t0) * 1000.0 / loads;
 	struct reqs *r = calloc(1, sizeof(*r));
 	pol_state *st = NULL;
 	if (!r || pol_state_new(&st, 4096) != PSC_OK)
@@ -264,7 +239,7 @@ int main(int argc, char **argv)
 	struct run explained = measure(pol, st, r, &ex);
 
 	char cpu[256];
-	cpu_model(cpu, sizeof(cpu));
+	bench_cpu_model(cpu, sizeof(cpu));
 	struct utsname u;
 	uname(&u);
 	long cores = sysconf(_SC_NPROCESSORS_ONLN);

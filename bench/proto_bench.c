@@ -18,38 +18,13 @@
 #include <openssl/evp.h>
 #include <openssl/ec.h>
 
+#include "bench_util.h"
 #include "proto_msg.h"
 #include "proto_reload.h"
 #include "proto_samples.h"
 
 #define MIN_SECONDS 0.5
 #define ROUNDS 3 /* interleaved rounds; the best of each is kept (other load only slows) */
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void cpu_model(char *out, size_t n)
-{
-	snprintf(out, n, "unknown CPU");
-	FILE *f = fopen("/proc/cpuinfo", "r");
-	char line[512];
-	while (f && fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "model name", 10) == 0) {
-			char *c = strchr(line, ':');
-			if (c) {
-				snprintf(out, n, "%s", c + 2);
-				out[strcspn(out, "\n")] = '\0';
-			}
-			break;
-		}
-	}
-	if (f)
-		fclose(f);
-}
 
 struct ctx {
 	EVP_PKEY *key;
@@ -69,12 +44,12 @@ typedef void (*op_fn)(struct ctx *c);
 static double rate(op_fn fn, struct ctx *c)
 {
 	unsigned long n = 0;
-	double t0 = now(), t;
+	double t0 = bench_now(), t;
 	do {
 		for (int i = 0; i < 64; i++)
 			fn(c);
 		n += 64;
-		t = now() - t0;
+		t = bench_now() - t0;
 	} while (t < MIN_SECONDS);
 	return (double)n / t;
 }
@@ -190,7 +165,7 @@ int main(int argc, char **argv)
 	c.signer.key = c.key;
 	c.signer.omit_certificates = 1;
 	char cpu[256];
-	cpu_model(cpu, sizeof(cpu));
+	bench_cpu_model(cpu, sizeof(cpu));
 	char out[8192];
 	size_t o = 0;
 	o += (size_t)snprintf(out + o, sizeof(out) - o,

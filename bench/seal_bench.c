@@ -19,6 +19,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include "bench_util.h"
 #include "psc/peer.h"
 #include "psc_peer_int.h"
 #include "psc_seal.h"
@@ -28,32 +29,6 @@
 #define ROUNDS 3 /* interleaved rounds; the best of each is kept (other load only slows) */
 #define OVERLAY "psc.bench"
 #define BATCH_BYTES (4u << 20) /* frames pre-sealed for one open pass */
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void cpu_model(char *out, size_t n)
-{
-	snprintf(out, n, "unknown CPU");
-	FILE *f = fopen("/proc/cpuinfo", "r");
-	char line[512];
-	while (f && fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "model name", 10) == 0) {
-			char *c = strchr(line, ':');
-			if (c) {
-				snprintf(out, n, "%s", c + 2);
-				out[strcspn(out, "\n")] = '\0';
-			}
-			break;
-		}
-	}
-	if (f)
-		fclose(f);
-}
 
 static void die(const char *what)
 {
@@ -143,10 +118,10 @@ typedef unsigned long (*op_fn)(struct ctx *c); /* returns messages handled */
 static double rate(op_fn fn, struct ctx *c)
 {
 	unsigned long n = 0;
-	double t0 = now(), t;
+	double t0 = bench_now(), t;
 	do {
 		n += fn(c);
-		t = now() - t0;
+		t = bench_now() - t0;
 	} while (t < MIN_SECONDS);
 	return (double)n / t;
 }
@@ -289,7 +264,7 @@ int main(int argc, char **argv)
 		die("EVP init");
 
 	char cpu[256];
-	cpu_model(cpu, sizeof(cpu));
+	bench_cpu_model(cpu, sizeof(cpu));
 	char run_at[64];
 	time_t t_now = time(NULL);
 	strftime(run_at, sizeof(run_at), "%Y-%m-%d %H:%M UTC", gmtime(&t_now));
