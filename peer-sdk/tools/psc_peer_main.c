@@ -363,6 +363,104 @@ static int cmd_catchup(psc_peer *p, opts *o, char **argv, int argc)
 	return r.failed ? EX_FAIL : EX_OK;
 }
 
+/* --- group channel: send and listen -------------------------------------- */
+
+/* How long `send` lets members (re)connect to its freshly bound PUB socket
+ * before publishing: a PUB drops what is sent before a subscriber is there. */
+#define SEND_SETTLE_MS 700
+
+static int pump(psc_peer_chan *c, int ms)
+{
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		long left =
+		    ms - ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
+		if (g_stop || left <= 0)
+			return EX_OK;
+		int n = psc_peer_chan_process(c, left > 200 ? 200 : (int)left);
+		if (n < 0) {
+			fprintf(stderr, "psc-peer: %s\n", psc_strerror((psc_rc)n));
+			return exit_for((psc_rc)n);
+		}
+	}
+}
+
+static void on_group_message(void *user, const psc_peer_msg_info *info, const uint8_t *data,
+			     size_t len)
+{
+	(void)user;
+	char h[33];
+	printf("from %s (%s): ", hex(info->sender, h),
+	       info->sender_verified ? "verified" : "claimed");
+	for (size_t i = 0; i < len; i++) {
+		/* Untrusted text for a terminal: control characters replaced. */
+		int ch = data[i];
+		putchar(ch < 0x20 || ch == 0x7f ? '?' : ch);
+	}
+	putchar('\n');
+	fflush(stdout);
+}
+
+static int cmd_send(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)o;
+	(void)argc;
+	uint8_t id[PSC_PEER_ID_LEN];
+	if (psc_peer_id_parse(argv[0], id) != PSC_OK)
+		return EX_USAGE;
+	psc_peer_chan_config cc = {0};
+	psc_peer_chan *c = NULL;
+	psc_err err = {0};
+	if (psc_peer_chan_new(&c, p, &cc, &err) != PSC_OK)
+		return fail(&err);
+	int rc = pump(c, SEND_SETTLE_MS);
+	if (rc == EX_OK) {
+		size_t len = strlen(argv[1]);
+		if (psc_peer_send(c, id, (const uint8_t *)argv[1], len, &err) != PSC_OK) {
+			rc = fail(&err);
+		} else {
+			psc_peer_chan_stats st;
+			psc_peer_chan_stats_get(c, &st);
+			char h[33];
+			printf("sent %zu byte(s) to PSC %s (%zu member endpoint(s) known)\n", len,
+			       hex(id, h), st.connections);
+		}
+	}
+	psc_peer_chan_free(&c); /* lingers until the frame left */
+	return rc;
+}
+
+static int cmd_listen(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)argv;
+	(void)argc;
+	psc_peer_chan_config cc = {.on_message = on_group_message, .user = o};
+	psc_peer_chan *c = NULL;
+	psc_err err = {0};
+	if (psc_peer_chan_new(&c, p, &cc, &err) != PSC_OK)
+		return fail(&err);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	if (!o->quiet) {
+		printf("listening%s\n", o->wait_s ? "" : " (Ctrl-C stops)");
+		fflush(stdout);
+	}
+	int rc = pump(c, o->wait_s ? o->wait_s * 1000 : 0x7fffffff);
+	o->wait_s = 0; /* --wait was the listening time */
+	psc_peer_chan_stats st;
+	psc_peer_chan_stats_get(c, &st);
+	if (!o->quiet)
+		printf("received %" PRIu64 " message(s), dropped %" PRIu64 "\n", st.delivered,
+		       st.dropped);
+	psc_peer_chan_free(&c);
+	return rc;
+}
+
 static const command commands[] = {
     {"init", "", 0, 0, 0, cmd_init,
      "Register with the KMS (optionally --join ID and/or --establish NAME in the\n"
@@ -380,6 +478,12 @@ static const command commands[] = {
      "Report a member as departed; the KMS checks its liveness."},
     {"destroy", "PSC-ID", 1, 1, 1, cmd_destroy, "Owner: destroy a PSC."},
     {"catchup", "", 0, 0, 0, cmd_catchup, "Fetch the current epoch of every PSC held."},
+    {"send", "PSC-ID TEXT", 2, 2, 1, cmd_send,
+     "Seal TEXT for the members of a PSC and publish it on the group channel\n"
+     "        (needs --endpoint: the data endpoint this peer registered)."},
+    {"listen", "", 0, 0, 0, cmd_listen,
+     "Print group messages of every PSC held, as \"from NODE-ID (claimed|verified):\n"
+     "        TEXT\", for --wait SECONDS (default: until Ctrl-C; needs --endpoint)."},
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

@@ -419,6 +419,79 @@ psc_rc psc_peer_seal(psc_peer_msg *m, const uint8_t psc_id[PSC_PEER_ID_LEN],
 psc_rc psc_peer_open(psc_peer_msg *m, const uint8_t *frame, size_t len, uint8_t *out, size_t cap,
 		     size_t *out_len, psc_peer_msg_info *info, psc_err *err) PSC_WUR;
 
+/* --- group channel over ZeroMQ ------------------------------------------
+ *
+ * Carries the frames of psc_peer_seal() between the members of the PSCs this
+ * peer holds: a PUB socket bound at the peer's data endpoint
+ * (psc_peer_config.data_endpoint, required) and a SUB socket connected to the
+ * data endpoints of the other members (from the KMS's member lists; updated
+ * when an epoch changes, i.e. when membership changes), subscribed to each
+ * PSC's 20-byte frame prefix. libzmq does the fan-out and the filtering; a
+ * send never blocks. Delivery is best effort: a member that is not connected
+ * yet (it just joined, or its connection is being set up) misses what is sent
+ * meanwhile, and a slow member loses frames beyond the ZeroMQ high-water mark.
+ *
+ * psc_peer_chan_process() replaces psc_peer_process() in an event loop: it
+ * serves the KMS connection and then opens every frame received. A frame that
+ * does not open (stale or future epoch, replay, bad tag or signature, a PSC
+ * not held) is dropped and counted. The channel borrows its psc_peer and its
+ * sockets live in the peer's ZeroMQ context: free the channel first. One
+ * thread at a time, like the peer.
+ */
+typedef struct psc_peer_chan psc_peer_chan;
+
+/* A message that opened: plaintext (len bytes, valid during the call) and what
+ * psc_peer_open() learnt (the sender is claimed unless info->sender_verified). */
+typedef void (*psc_peer_chan_recv_fn)(void *user, const psc_peer_msg_info *info,
+				      const uint8_t *data, size_t len);
+
+typedef struct psc_peer_chan_config {
+	psc_peer_chan_recv_fn on_message; /* NULL: frames are opened and discarded */
+	void *user;			  /* passed to on_message */
+	const psc_peer_msg_config *msg;	  /* sender certificates; NULL = none */
+} psc_peer_chan_config;
+
+typedef struct psc_peer_chan_stats {
+	uint64_t sent;		/* frames published */
+	uint64_t delivered;	/* frames opened and passed to on_message */
+	uint64_t dropped;	/* frames that did not open (sum of the next four and others) */
+	uint64_t dropped_epoch; /* stale or future epoch */
+	uint64_t dropped_replay;
+	uint64_t dropped_auth; /* bad tag, signature missing or wrong, no certificate */
+	uint64_t dropped_unknown_psc;
+	size_t connections; /* member endpoints the SUB socket is connected to */
+	size_t subscriptions;
+} psc_peer_chan_stats;
+
+/* Binds the PUB socket at the peer's data endpoint and connects to the
+ * members of the PSCs held. *out is NULL on failure. */
+psc_rc psc_peer_chan_new(psc_peer_chan **out, psc_peer *peer, const psc_peer_chan_config *cfg,
+			 psc_err *err) PSC_WUR;
+/* Closes the sockets (frames still queued get up to 1 s to leave), wipes the
+ * keys, frees and nulls *c. NULL-safe. */
+void psc_peer_chan_free(psc_peer_chan **c);
+
+/* Seals len bytes (at most PSC_PEER_MSG_MAX) for a PSC held and publishes
+ * them to its members. Does not block; PSC_OK means queued, not delivered. */
+psc_rc psc_peer_send(psc_peer_chan *c, const uint8_t psc_id[PSC_PEER_ID_LEN], const uint8_t *buf,
+		     size_t len, psc_err *err) PSC_WUR;
+
+/* psc_peer_process() for the KMS connection, membership update, then every
+ * frame received (on_message runs). Waits up to timeout_ms (0 = no wait, -1 =
+ * until something arrives) for the first KMS message or frame. Returns how
+ * many KMS messages and frames were handled (>= 0), or a negative psc_rc. */
+int psc_peer_chan_process(psc_peer_chan *c, int timeout_ms);
+
+/* The SUB socket's ZMQ_FD (edge-triggered like psc_peer_fd(): poll both and
+ * call psc_peer_chan_process() when either fires). -1 on error. */
+int psc_peer_chan_fd(const psc_peer_chan *c);
+
+/* Re-reads the member lists now (psc_peer_chan_process() does it by itself
+ * whenever an epoch changed). */
+psc_rc psc_peer_chan_update(psc_peer_chan *c, psc_err *err) PSC_WUR;
+
+void psc_peer_chan_stats_get(const psc_peer_chan *c, psc_peer_chan_stats *out);
+
 #ifdef __cplusplus
 }
 #endif
