@@ -11,6 +11,7 @@
 #include <openssl/pem.h>
 #include <zmq.h>
 
+#include "kms_admin.h"
 #include "kms_failpoint.h"
 #include "kms_int.h"
 #include "proto_cert.h"
@@ -435,7 +436,8 @@ psc_rc kmsd_open(kmsd **out, kms_config *cfg, volatile sig_atomic_t *stop,
 	uint64_t window = (uint64_t)cfg->timers.freshness_window_s * 1000;
 	if ((rc = kms_replay_new(&k->replay, 1 << 18, 2 * window)) != PSC_OK)
 		goto fail;
-	if ((rc = open_sockets(k, err)) != PSC_OK)
+	if ((rc = open_sockets(k, err)) != PSC_OK ||
+	    (rc = kms_admin_open(&k->admin, k, err)) != PSC_OK)
 		goto fail;
 	audit_system(k, AUD_EV_KMS_START, "ok");
 	batch_end(k);
@@ -484,8 +486,9 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 		else if (next && next - k->now_ms < 1000)
 			timeout = (long)(next - k->now_ms);
 		zmq_pollitem_t items[] = {{kms_net_zap(k->net), 0, ZMQ_POLLIN, 0},
-					  {kms_net_router(k->net), 0, ZMQ_POLLIN, 0}};
-		if (zmq_poll(items, 2, timeout) < 0 && zmq_errno() != EINTR)
+					  {kms_net_router(k->net), 0, ZMQ_POLLIN, 0},
+					  {kms_admin_socket(k->admin), 0, ZMQ_POLLIN, 0}};
+		if (zmq_poll(items, 3, timeout) < 0 && zmq_errno() != EINTR)
 			return psc_err_set(err, PSC_E_IO, "zmq_poll: %s", zmq_strerror(zmq_errno()));
 		if (items[0].revents & ZMQ_POLLIN)
 			kms_net_zap_serve(k->net);
@@ -501,8 +504,11 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 				break;
 			kmsd_handle(k, &in);
 		}
+		if (items[2].revents & ZMQ_POLLIN)
+			kms_admin_serve(k->admin);
 		kmsd_timers(k);
 		batch_end(k);
+		kms_admin_after_batch(k->admin); /* replies once the batch is durable */
 		psc_err e;
 		if (aud_log_tick(k->audit, &e) != PSC_OK)
 			LOG_ERR("audit checkpoint: %s", psc_err_text(&e));
@@ -532,6 +538,7 @@ void kmsd_close(kmsd **p)
 	aud_log_free(&k->audit);
 	batch_drop_outputs(k);
 	free(k->out);
+	kms_admin_close(&k->admin);
 	kms_net_free(&k->net);
 	if (k->zctx)
 		zmq_ctx_term(k->zctx);

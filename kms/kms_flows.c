@@ -1745,7 +1745,7 @@ static int collect_pscs(void *arg, const kms_member *m)
 
 /* Removes a revoked peer from every PSC it is in (forward secrecy rekey each),
  * tells it so, and forgets its connection. */
-static void evict_everywhere(kmsd *k, const uint8_t node[PSC_NODE_ID_LEN], const char *why)
+void kmsd_evict_everywhere(kmsd *k, const uint8_t node[PSC_NODE_ID_LEN], const char *why)
 {
 	psc_err e;
 	revoked_list pscs = {.k = k};
@@ -1790,7 +1790,7 @@ static void reload_crl(kmsd *k)
 	revoked_list r = {.k = k};
 	if (kms_store_peer_foreach(k->store, find_revoked, &r, &e) == PSC_OK)
 		for (size_t i = 0; i < r.n; i++)
-			evict_everywhere(k, r.nodes[i], "certificate revoked (CRL)");
+			kmsd_evict_everywhere(k, r.nodes[i], "certificate revoked (CRL)");
 	free(r.nodes);
 }
 

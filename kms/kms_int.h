@@ -110,6 +110,7 @@ typedef struct kmsd {
 	aud_log *audit;
 	kms_store *store;
 	kms_replay *replay;
+	struct kms_admin *admin; /* psc-kmsctl's socket (kms_admin.c) */
 	uint32_t overlay_hash;
 	uint64_t started_ms;
 	uint64_t now_ms; /* the batch's clock: read once per batch */
@@ -160,5 +161,8 @@ void kmsd_flows_free(kmsd *k); /* releases the flows' caches */
 void kmsd_handle(kmsd *k, const kms_inbound *in);
 void kmsd_timers(kmsd *k);
 uint64_t kmsd_next_deadline(kmsd *k);
+/* Removes a node from every PSC it is in (rekeying each), tells it so and
+ * forgets its connection; in the open batch (CRL reload, psc-kmsctl peer ban). */
+void kmsd_evict_everywhere(kmsd *k, const uint8_t node[PSC_NODE_ID_LEN], const char *why);
 
 #endif

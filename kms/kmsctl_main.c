@@ -9,10 +9,24 @@
  * subjectAltName binds the KMS Node-ID), and generates the CURVE key pair for
  * the peer socket if the files named in CONFIG do not exist. Re-running is safe:
  * existing keys are kept (and said so) unless --force.
+ * Against the running daemon, over its admin socket (admin_socket in CONFIG,
+ * an ipc:// path whose file permissions are the access control):
+ *
+ *   psc-kmsctl status [-c CONFIG] [--json]
+ *   psc-kmsctl psc list [-c CONFIG] [--json]
+ *   psc-kmsctl psc show PSC-ID [-c CONFIG] [--json]
+ *   psc-kmsctl peer list [-c CONFIG] [--json]
+ *   psc-kmsctl peer ban NODE-ID [-c CONFIG] [--json]
+ *   psc-kmsctl policy reload [-c CONFIG] [--json]
+ *   psc-kmsctl audit checkpoint [-c CONFIG] [--json]
+ *
+ * The daemon answers JSON (kms_admin.h); --json prints it unchanged, otherwise
+ * it is shown as indented "key: value" lines.
  * Exit status: 0 ok, 1 failure, 2 usage or configuration error.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +54,17 @@ static const char usage[] =
 	"       CURVE keys for the peer socket when missing. Existing keys are kept\n"
 	"       unless --force, which destroys and recreates them (every stored epoch\n"
 	"       blob becomes unusable: only on a fresh installation).\n"
+	"\n"
+	"\n"
+	"Against the running psc-kmsd, over its admin socket (admin_socket in CONFIG):\n"
+	"  psc-kmsctl status             [-c CONFIG] [--json]  uptime, HSM, audit, counts, policy\n"
+	"  psc-kmsctl psc list           [-c CONFIG] [--json]  live PSCs\n"
+	"  psc-kmsctl psc show PSC-ID    [-c CONFIG] [--json]  one PSC and its members\n"
+	"  psc-kmsctl peer list          [-c CONFIG] [--json]  known peers\n"
+	"  psc-kmsctl peer ban NODE-ID   [-c CONFIG] [--json]  ban a peer, evict it everywhere\n"
+	"  psc-kmsctl policy reload      [-c CONFIG] [--json]  reload policy_file\n"
+	"  psc-kmsctl audit checkpoint   [-c CONFIG] [--json]  write a signed checkpoint now\n"
+	"--json prints the daemon's JSON answer unchanged.\n"
 	"\n"
 	"Exit status: 0 ok, 1 failure, 2 usage or configuration error.\n";
 
@@ -180,6 +205,284 @@ out:
 	return rc;
 }
 
+
+/* ---- admin socket client -------------------------------------------------- */
+
+/* Human-readable rendering of the daemon's JSON: "key: value" lines, nested
+ * objects indented, array elements as "-" items. */
+typedef struct jr {
+	const char *p;
+	bool bad;
+} jr;
+
+static void jr_ws(jr *r)
+{
+	while (*r->p == ' ' || *r->p == '\n' || *r->p == '\t' || *r->p == '\r')
+		r->p++;
+}
+
+/* Reads a string (at its opening quote) into out, unescaped. */
+static void jr_string(jr *r, char *out, size_t cap)
+{
+	size_t n = 0;
+	if (*r->p != '"') {
+		r->bad = true;
+		return;
+	}
+	r->p++;
+	while (*r->p && *r->p != '"') {
+		char c = *r->p++;
+		if (c == '\\') {
+			char e = *r->p ? *r->p++ : '\0';
+			if (e == 'u') {
+				unsigned v = 0;
+				for (int i = 0; i < 4 && *r->p; i++, r->p++)
+					v = v * 16 + (unsigned)(*r->p >= 'a' ? *r->p - 'a' + 10
+							: *r->p >= 'A' ? *r->p - 'A' + 10 : *r->p - '0');
+				c = v >= 0x20 && v < 0x7f ? (char)v : '?';
+			} else {
+				c = e == 'n' ? '\n' : e == 't' ? '\t' : e;
+			}
+		}
+		if (n + 1 < cap)
+			out[n++] = c;
+	}
+	if (*r->p == '"')
+		r->p++;
+	else
+		r->bad = true;
+	out[n] = '\0';
+}
+
+static void jr_value(jr *r, int indent, bool after_key);
+
+static void jr_object(jr *r, int indent, bool top)
+{
+	r->p++; /* { */
+	jr_ws(r);
+	if (*r->p == '}') {
+		r->p++;
+		printf("%*s(none)\n", indent, "");
+		return;
+	}
+	while (!r->bad) {
+		jr_ws(r);
+		char key[256];
+		jr_string(r, key, sizeof(key));
+		jr_ws(r);
+		if (*r->p != ':') {
+			r->bad = true;
+			return;
+		}
+		r->p++;
+		jr_ws(r);
+		if (top && strcmp(key, "ok") == 0) {
+			char skip[8];
+			(void)sscanf(r->p, "%7[a-z]", skip);
+			r->p += strlen(skip);
+		} else {
+			printf("%*s%s:", indent, "", key);
+			jr_value(r, indent + 2, true);
+		}
+		jr_ws(r);
+		if (*r->p == ',') {
+			r->p++;
+			continue;
+		}
+		if (*r->p == '}')
+			r->p++;
+		else
+			r->bad = true;
+		return;
+	}
+}
+
+static void jr_array(jr *r, int indent)
+{
+	r->p++; /* [ */
+	jr_ws(r);
+	if (*r->p == ']') {
+		r->p++;
+		printf("%*s(none)\n", indent, "");
+		return;
+	}
+	while (!r->bad) {
+		jr_ws(r);
+		printf("%*s-", indent, "");
+		jr_value(r, indent + 2, true);
+		jr_ws(r);
+		if (*r->p == ',') {
+			r->p++;
+			continue;
+		}
+		if (*r->p == ']')
+			r->p++;
+		else
+			r->bad = true;
+		return;
+	}
+}
+
+static void jr_value(jr *r, int indent, bool after_key)
+{
+	(void)after_key;
+	jr_ws(r);
+	if (*r->p == '{') {
+		putchar('\n');
+		jr_object(r, indent, false);
+	} else if (*r->p == '[') {
+		putchar('\n');
+		jr_array(r, indent);
+	} else if (*r->p == '"') {
+		char v[1024];
+		jr_string(r, v, sizeof(v));
+		printf(" %s\n", v);
+	} else {
+		const char *s = r->p;
+		while (*r->p && *r->p != ',' && *r->p != '}' && *r->p != ']' && *r->p != ' ')
+			r->p++;
+		if (r->p == s)
+			r->bad = true;
+		printf(" %.*s\n", (int)(r->p - s), s);
+	}
+}
+
+/* The "error" member of a failure reply. */
+static void reply_error_text(const char *json, char *out, size_t cap)
+{
+	const char *e = strstr(json, "\"error\":");
+	snprintf(out, cap, "%s", json);
+	if (e) {
+		jr r = {.p = e + 8};
+		jr_string(&r, out, cap);
+	}
+}
+
+/* Sends one request line to the daemon; *reply gets its JSON answer. 0 ok,
+ * 1 the daemon cannot be reached (message printed). */
+static int admin_call(const kms_config *cfg, const char *line, int timeout_ms, char **reply)
+{
+	const char *ep = cfg->admin_socket;
+	const char *path = strncmp(ep, "ipc://", 6) == 0 ? ep + 6 : ep;
+	struct stat st;
+	if (stat(path, &st) != 0) {
+		fprintf(stderr, "psc-kmsctl: cannot reach psc-kmsd at %s: is it running? (%s)\n", ep,
+			strerror(errno));
+		return 1;
+	}
+	if (access(path, R_OK | W_OK) != 0) {
+		fprintf(stderr, "psc-kmsctl: cannot reach psc-kmsd at %s: %s (run as the service "
+			"user or a member of its group)\n", ep, strerror(errno));
+		return 1;
+	}
+	void *ctx = zmq_ctx_new();
+	void *s = ctx ? zmq_socket(ctx, ZMQ_REQ) : NULL;
+	int rc = 1;
+	zmq_msg_t msg;
+	zmq_msg_init(&msg);
+	if (!s) {
+		fprintf(stderr, "psc-kmsctl: ZeroMQ: %s\n", zmq_strerror(zmq_errno()));
+		goto out;
+	}
+	int linger = 0;
+	(void)zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof(linger));
+	if (zmq_connect(s, ep) != 0 || zmq_send(s, line, strlen(line), 0) < 0) {
+		fprintf(stderr, "psc-kmsctl: cannot reach psc-kmsd at %s: is it running? (%s)\n", ep,
+			zmq_strerror(zmq_errno()));
+		goto out;
+	}
+	zmq_pollitem_t it = {s, 0, ZMQ_POLLIN, 0};
+	if (zmq_poll(&it, 1, timeout_ms) <= 0 || zmq_msg_recv(&msg, s, 0) < 0) {
+		fprintf(stderr, "psc-kmsctl: cannot reach psc-kmsd at %s: is it running? (no answer "
+			"within %d s)\n", ep, timeout_ms / 1000);
+		goto out;
+	}
+	size_t n = zmq_msg_size(&msg);
+	*reply = malloc(n + 1);
+	if (!*reply) {
+		fprintf(stderr, "psc-kmsctl: out of memory\n");
+		goto out;
+	}
+	memcpy(*reply, zmq_msg_data(&msg), n);
+	(*reply)[n] = '\0';
+	rc = 0;
+out:
+	zmq_msg_close(&msg);
+	if (s)
+		zmq_close(s);
+	if (ctx)
+		zmq_ctx_term(ctx);
+	return rc;
+}
+
+/* status | psc list | psc show ID | peer list | peer ban ID | policy reload |
+ * audit checkpoint, with -c CONFIG and --json anywhere after the command. */
+static int cmd_admin(int argc, char **argv)
+{
+	const char *config = "/etc/psc-kms/kms.yaml";
+	bool json = false;
+	char line[512] = "";
+	size_t words = 0;
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
+			config = argv[++i];
+		} else if (strcmp(argv[i], "--json") == 0) {
+			json = true;
+		} else if (argv[i][0] == '-' || strchr(argv[i], ' ') ||
+			   strlen(line) + strlen(argv[i]) + 2 > sizeof(line)) {
+			fprintf(stderr, "psc-kmsctl: unknown argument '%s'\n%s", argv[i], usage);
+			return 2;
+		} else {
+			if (words++)
+				strcat(line, " ");
+			strcat(line, argv[i]);
+		}
+	}
+	static const char *const known[] = {"status", "psc list", "psc show ", "peer list",
+					    "peer ban ", "policy reload", "audit checkpoint"};
+	bool ok = false;
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+		size_t kl = strlen(known[i]);
+		if (known[i][kl - 1] == ' ' ? strncmp(line, known[i], kl) == 0 && words == 3
+					    : strcmp(line, known[i]) == 0)
+			ok = true;
+	}
+	if (!ok) {
+		fprintf(stderr, "psc-kmsctl: unknown command '%s'\n%s", line, usage);
+		return 2;
+	}
+	kms_config *cfg = NULL;
+	psc_err err;
+	psc_err_clear(&err);
+	if (kms_config_load(&cfg, config, &err) != PSC_OK) {
+		fprintf(stderr, "psc-kmsctl: %s\n", psc_err_text(&err));
+		return 2;
+	}
+	char *reply = NULL;
+	int timeout = strncmp(line, "peer ban", 8) == 0 ? 60000 : 10000;
+	int rc = admin_call(cfg, line, timeout, &reply);
+	kms_config_free(&cfg);
+	if (rc != 0)
+		return 1;
+	bool success = strncmp(reply, "{\"ok\":true", 10) == 0;
+	if (json) {
+		printf("%s\n", reply);
+	} else if (!success) {
+		char msg[1024];
+		reply_error_text(reply, msg, sizeof(msg));
+		fprintf(stderr, "psc-kmsctl: %s\n", msg);
+	} else {
+		jr r = {.p = reply};
+		jr_ws(&r);
+		if (*r.p == '{')
+			jr_object(&r, 0, true);
+		if (r.bad)
+			fprintf(stderr, "psc-kmsctl: the daemon's answer is not well-formed JSON\n");
+	}
+	free(reply);
+	return success ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -188,6 +491,10 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "init") == 0)
 		return cmd_init(argc - 2, argv + 2);
+	if (strcmp(argv[1], "status") == 0 || strcmp(argv[1], "psc") == 0 ||
+	    strcmp(argv[1], "peer") == 0 || strcmp(argv[1], "policy") == 0 ||
+	    strcmp(argv[1], "audit") == 0)
+		return cmd_admin(argc - 1, argv + 1);
 	fprintf(stderr, "psc-kmsctl: unknown command '%s'\n%s", argv[1], usage);
 	return 2;
 }

@@ -1,0 +1,239 @@
+/*
+ * psc-kmsctl against a running psc-kmsd over the admin socket (issue 8):
+ * status --json tracks the store's counts, psc list/show see a PSC, peer ban
+ * evicts a member everywhere (the others are rekeyed, the banned peer is told
+ * and its next Initialize is refused as banned) and is audited, policy reload
+ * and audit checkpoint answer ok, and the socket file is not world-accessible.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <zmq.h>
+
+#include "kmsfx.h"
+#include "rawpeer.h"
+
+#define WAIT 8000
+
+static kmsfx fx;
+
+static int setup(void **state)
+{
+	(void)state;
+	if (kmsfx_install(&fx, "kmsadmin", NULL, NULL) != 0 || kmsfx_start(&fx) != 0)
+		return -1;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	kmsfx_cleanup(&fx);
+	return 0;
+}
+
+/* Runs psc-kmsctl -c CONFIG with up to three words and an optional --json;
+ * returns its exit code, *out its output (caller frees). */
+static int ctl(char **out, const char *a1, const char *a2, const char *a3, const char *a4)
+{
+	char bin[4200];
+	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsctl", PSC_BINARY_DIR);
+	char *argv[] = {bin, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL, NULL, NULL};
+	size_t n = 1;
+	while (argv[n])
+		n++;
+	argv[n++] = "-c";
+	argv[n++] = fx.config;
+	int rc = pt_run(argv, out, 60000);
+	assert_non_null(*out);
+	return rc;
+}
+
+/* The number after "key": inside the object that follows "obj": (or the whole
+ * text when obj is NULL). */
+static unsigned long long jnum(const char *json, const char *obj, const char *key)
+{
+	const char *p = json;
+	char pat[64];
+	if (obj) {
+		snprintf(pat, sizeof(pat), "\"%s\":{", obj);
+		p = strstr(json, pat);
+		assert_non_null(p);
+	}
+	snprintf(pat, sizeof(pat), "\"%s\":", key);
+	p = strstr(p, pat);
+	if (!p)
+		fail_msg("no %s in %s", key, json);
+	return strtoull(p + strlen(pat), NULL, 10);
+}
+
+static rawpeer *init_peer(const char *name)
+{
+	rawpeer *p = rp_new(fx.zctx, name, fx.endpoint, fx.cert, fx.curve);
+	assert_non_null(p);
+	uint64_t tx = rp_initialize(p, 0, NULL, NULL);
+	assert_true(rp_wait_answer(p, tx, WAIT));
+	assert_false(p->is_error);
+	return p;
+}
+
+static void refresh(rawpeer *p, const uint8_t psc[16], uint8_t reason)
+{
+	for (;;) {
+		if (!rp_wait_request(p, PSC_MSG_REFRESH_REQ, WAIT))
+			fail_msg("%s: no Refresh (reason %u)", p->name, reason);
+		if (memcmp(p->b.u.refresh_req.psc_id, psc, 16) == 0 &&
+		    p->b.u.refresh_req.reason == reason)
+			return;
+	}
+}
+
+static void status_lists_ban_reload_checkpoint(void **state)
+{
+	(void)state;
+	char *out = NULL;
+
+	/* the socket file: owner and group only */
+	char path[4300];
+	snprintf(path, sizeof(path), "%s/admin.sock", fx.kmsdir);
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	assert_true(S_ISSOCK(st.st_mode));
+	assert_int_equal(st.st_mode & 0007, 0);
+
+	/* a fresh KMS */
+	assert_int_equal(ctl(&out, "status", "--json", NULL, NULL), 0);
+	assert_true(strncmp(out, "{\"ok\":true", 10) == 0);
+	assert_int_equal(jnum(out, "counts", "peers"), 0);
+	assert_int_equal(jnum(out, "counts", "pscs_live"), 0);
+	assert_int_equal(jnum(out, NULL, "connected_peers"), 0);
+	assert_non_null(strstr(out, "\"hsm\":{\"healthy\":true"));
+	assert_non_null(strstr(out, "\"audit\":{\"healthy\":true"));
+	assert_true(jnum(out, "audit", "last_seq") >= 1);
+	assert_non_null(strstr(out, "\"policy\":{\"revision\":\""));
+	free(out);
+	assert_int_equal(ctl(&out, "status", NULL, NULL, NULL), 0); /* human-readable */
+	assert_non_null(strstr(out, "uptime_s: "));
+	assert_non_null(strstr(out, "counts:\n"));
+	assert_non_null(strstr(out, "  pscs_live: 0\n"));
+	free(out);
+
+	/* three peers and a PSC */
+	rawpeer *a = init_peer("peer1"), *b = init_peer("peer2"), *c = init_peer("peer3");
+	proto_node_id_t members[2];
+	memcpy(members[0], b->node_id, 16);
+	memcpy(members[1], c->node_id, 16);
+	psc_body est = {.code = PSC_MSG_ESTABLISH_REQ};
+	est.u.establish_req.timestamp = rp_now_ms();
+	est.u.establish_req.params.name = (proto_bytes){(const uint8_t *)"admin-room", 10};
+	est.u.establish_req.params.members.items = members;
+	est.u.establish_req.params.members.n = 2;
+	uint64_t tx = rp_send(a, &est, false);
+	assert_true(rp_wait_answer(a, tx, WAIT));
+	assert_false(a->is_error);
+	uint8_t psc[16];
+	memcpy(psc, a->b.u.establish_ans.material.psc_id, 16);
+	refresh(b, psc, PSC_REFRESH_ESTABLISH);
+	refresh(c, psc, PSC_REFRESH_ESTABLISH);
+	char psc_hex[33], c_hex[33];
+	pt_hex(psc, 16, psc_hex);
+	pt_hex(c->node_id, 16, c_hex);
+
+	assert_int_equal(ctl(&out, "status", "--json", NULL, NULL), 0);
+	assert_int_equal(jnum(out, "counts", "peers"), 3);
+	assert_int_equal(jnum(out, "counts", "pscs_live"), 1);
+	assert_int_equal(jnum(out, "counts", "memberships"), 3);
+	assert_int_equal(jnum(out, "counts", "peers_banned"), 0);
+	assert_int_equal(jnum(out, NULL, "connected_peers"), 3);
+	free(out);
+
+	assert_int_equal(ctl(&out, "psc", "list", "--json", NULL), 0);
+	assert_non_null(strstr(out, psc_hex));
+	assert_non_null(strstr(out, "\"name\":\"admin-room\""));
+	assert_int_equal(jnum(out, NULL, "members"), 3);
+	free(out);
+	assert_int_equal(ctl(&out, "psc", "list", NULL, NULL), 0);
+	assert_non_null(strstr(out, "name: admin-room"));
+	free(out);
+	assert_int_equal(ctl(&out, "psc", "show", psc_hex, "--json"), 0);
+	assert_non_null(strstr(out, c_hex));
+	free(out);
+	assert_int_equal(ctl(&out, "peer", "list", "--json", NULL), 0);
+	assert_non_null(strstr(out, c_hex));
+	assert_null(strstr(out, "\"banned\":true"));
+	free(out);
+
+	/* ban peer3: peer1 and peer2 get an evict rekey, peer3 is told it is out */
+	assert_int_equal(ctl(&out, "peer", "ban", c_hex, "--json"), 0);
+	assert_non_null(strstr(out, "\"ok\":true"));
+	assert_int_equal(jnum(out, NULL, "evicted_from"), 1);
+	free(out);
+	refresh(a, psc, PSC_REFRESH_EVICT);
+	assert_int_equal(a->b.u.refresh_req.material.members.n, 2);
+	uint8_t sa[32], sb[32];
+	assert_true(rp_unwrap(a, &a->b.u.refresh_req.material, sa));
+	refresh(b, psc, PSC_REFRESH_EVICT);
+	assert_true(rp_unwrap(b, &b->b.u.refresh_req.material, sb));
+	assert_memory_equal(sa, sb, 32);
+	refresh(c, psc, PSC_REFRESH_REMOVED);
+	tx = rp_initialize(c, 0, NULL, NULL);
+	assert_true(rp_wait_answer(c, tx, WAIT));
+	assert_true(c->is_error);
+	assert_int_equal(c->err.psc_reason, PSC_REASON_BANNED);
+
+	assert_int_equal(ctl(&out, "status", "--json", NULL, NULL), 0);
+	assert_int_equal(jnum(out, "counts", "peers_banned"), 1);
+	assert_int_equal(jnum(out, "counts", "memberships"), 2);
+	free(out);
+	assert_int_equal(ctl(&out, "peer", "list", "--json", NULL), 0);
+	assert_non_null(strstr(out, "\"banned\":true"));
+	free(out);
+	/* unknown Node-ID and malformed input are errors, with a message */
+	assert_int_equal(ctl(&out, "peer", "ban", "00112233445566778899aabbccddeeff", NULL), 1);
+	assert_non_null(strstr(out, "psc-kmsctl: "));
+	free(out);
+	assert_int_equal(ctl(&out, "peer", "ban", "xyz", "--json"), 1);
+	assert_non_null(strstr(out, "\"ok\":false"));
+	free(out);
+
+	/* policy reload and audit checkpoint */
+	assert_int_equal(ctl(&out, "policy", "reload", "--json", NULL), 0);
+	assert_non_null(strstr(out, "\"revision\":\""));
+	free(out);
+	assert_int_equal(ctl(&out, "audit", "checkpoint", NULL, NULL), 0);
+	assert_non_null(strstr(out, "last_seq: "));
+	free(out);
+
+	/* the ban and the eviction are in the audit log, which still verifies */
+	char cmd[9000];
+	snprintf(cmd, sizeof(cmd),
+		 "grep -h '\"peer.ban\"' '%s'/audit/audit-*.jsonl | grep -q '%s' && "
+		 "grep -h '\"psc.evict\"' '%s'/audit/audit-*.jsonl | grep -q 'banned by the operator'",
+		 fx.kmsdir, c_hex, fx.kmsdir);
+	assert_int_equal(kmsfx_sh(cmd), 0);
+
+	rp_free(&a);
+	rp_free(&b);
+	rp_free(&c);
+
+	/* the daemon gone: a clear error */
+	assert_int_equal(kmsfx_stop(&fx), 0);
+	assert_int_equal(ctl(&out, "status", NULL, NULL, NULL), 1);
+	assert_non_null(strstr(out, "cannot reach psc-kmsd at ipc://"));
+	assert_non_null(strstr(out, "is it running?"));
+	free(out);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(status_lists_ban_reload_checkpoint),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
