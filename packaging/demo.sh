@@ -91,11 +91,24 @@ say "10. the refresh timer (4 s for ops-room) rekeys by itself; bob catches up"
 sleep 5
 peer bob catchup
 
-say "11. bob (not the owner) may not destroy ops-room; alice may"
+say "11. alice writes to the group: bob and erin read it (AES-256-GCM under the PSC key, over ZeroMQ PUB/SUB; no TLS between peers)"
+freeport() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ep_alice=tcp://127.0.0.1:$(freeport); ep_bob=tcp://127.0.0.1:$(freeport); ep_erin=tcp://127.0.0.1:$(freeport)
+peer alice init --endpoint "$ep_alice" -q >/dev/null   # members learn alice's data endpoint
+peer bob listen --wait 4 --endpoint "$ep_bob" -q > "$work/bob.listen" &
+l1=$!
+peer erin listen --wait 4 --endpoint "$ep_erin" -q > "$work/erin.listen" &
+l2=$!
+sleep 1.5
+peer alice send "$psc" "hello ops-room, this is alice" --endpoint "$ep_alice"
+wait "$l1" "$l2" || true
+grep -h 'from ' "$work/bob.listen" "$work/erin.listen" || echo "    (no message arrived)"
+
+say "12. bob (not the owner) may not destroy ops-room; alice may"
 peer bob destroy "$psc" || echo "    (refused, as policy says)"
 peer alice destroy "$psc"
 
-say "12. psc-kmsd stops; the audit log of this run is verified offline"
+say "13. psc-kmsd stops; the audit log of this run is verified offline"
 kill -TERM "$kmsd_pid"; wait "$kmsd_pid" || true; kmsd_pid=
 "$build/audit/psc-audit" verify "$work/kms/audit" | sed 's/^/    /'
 echo "    key events recorded:"
