@@ -284,3 +284,21 @@ uint64_t rp_psc_req(rawpeer *p, uint16_t code, const uint8_t psc_id[16])
 	memcpy(b.u.psc_req.psc_id, psc_id, 16);
 	return rp_send(p, &b, false);
 }
+
+bool rp_initialize_wait(rawpeer *p, int timeout_ms)
+{
+	return rp_wait_answer(p, rp_initialize(p, 0, NULL, NULL), timeout_ms);
+}
+
+bool rp_wait_refresh(rawpeer *p, const uint8_t psc_id[16], uint8_t reason, int timeout_ms)
+{
+	uint64_t end = rp_now_ms() + (uint64_t)timeout_ms;
+	while (rp_now_ms() < end) {
+		if (!rp_wait_request(p, PSC_MSG_REFRESH_REQ, (int)(end - rp_now_ms())))
+			return false;
+		if (memcmp(p->b.u.refresh_req.psc_id, psc_id, 16) == 0 &&
+		    p->b.u.refresh_req.reason == reason)
+			return true;
+	}
+	return false;
+}

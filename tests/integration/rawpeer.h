@@ -62,6 +62,13 @@ bool rp_wait_answer(rawpeer *p, uint64_t txid, int timeout_ms);
 /* Waits for a KMS request of `code`. */
 bool rp_wait_request(rawpeer *p, uint16_t code, int timeout_ms);
 
+/* Initialize (no join/establish) and wait for its answer (which may be an
+ * error: check p->is_error). false if nothing arrived in time. */
+bool rp_initialize_wait(rawpeer *p, int timeout_ms);
+/* Waits for a Refresh of `psc_id` with `reason`, skipping other requests;
+ * the Refresh is then in p->b. false if none arrived in time. */
+bool rp_wait_refresh(rawpeer *p, const uint8_t psc_id[16], uint8_t reason, int timeout_ms);
+
 /* Unwraps a material's epoch secret with this peer's key. */
 bool rp_unwrap(rawpeer *p, const proto_material *m, uint8_t secret[32]);
 

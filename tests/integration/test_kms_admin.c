@@ -77,21 +77,15 @@ static rawpeer *init_peer(const char *name)
 {
 	rawpeer *p = rp_new(fx.zctx, name, fx.endpoint, fx.cert, fx.curve);
 	assert_non_null(p);
-	uint64_t tx = rp_initialize(p, 0, NULL, NULL);
-	assert_true(rp_wait_answer(p, tx, WAIT));
+	assert_true(rp_initialize_wait(p, WAIT));
 	assert_false(p->is_error);
 	return p;
 }
 
 static void refresh(rawpeer *p, const uint8_t psc[16], uint8_t reason)
 {
-	for (;;) {
-		if (!rp_wait_request(p, PSC_MSG_REFRESH_REQ, WAIT))
-			fail_msg("%s: no Refresh (reason %u)", p->name, reason);
-		if (memcmp(p->b.u.refresh_req.psc_id, psc, 16) == 0 &&
-		    p->b.u.refresh_req.reason == reason)
-			return;
-	}
+	if (!rp_wait_refresh(p, psc, reason, WAIT))
+		fail_msg("%s: no Refresh (reason %u)", p->name, reason);
 }
 
 static void status_lists_ban_reload_checkpoint(void **state)

@@ -57,21 +57,14 @@ static rawpeer *init_peer(const char *name)
 {
 	rawpeer *p = rp_new(fx.zctx, name, fx.endpoint, fx.cert, fx.curve);
 	assert_non_null(p);
-	uint64_t tx = rp_initialize(p, 0, NULL, NULL);
-	assert_true(rp_wait_answer(p, tx, WAIT));
+	assert_true(rp_initialize_wait(p, WAIT));
 	return p;
 }
 
-/* Waits for a Refresh of psc with `reason`; returns it (in p->b). */
 static void refresh(rawpeer *p, const uint8_t psc[16], uint8_t reason)
 {
-	for (;;) {
-		if (!rp_wait_request(p, PSC_MSG_REFRESH_REQ, WAIT))
-			fail_msg("%s: no Refresh (reason %u)", p->name, reason);
-		if (memcmp(p->b.u.refresh_req.psc_id, psc, 16) == 0 &&
-		    p->b.u.refresh_req.reason == reason)
-			return;
-	}
+	if (!rp_wait_refresh(p, psc, reason, WAIT))
+		fail_msg("%s: no Refresh (reason %u)", p->name, reason);
 }
 
 static void revoked_member_is_evicted_and_the_psc_rekeyed(void **state)

@@ -36,27 +36,14 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* A whole file as a NUL-terminated string (caller frees). */
-static char *read_text(const char *path, size_t *len)
-{
-	size_t n = 0;
-	uint8_t *raw = pt_read_file(path, &n);
-	assert_non_null(raw);
-	char *s = realloc(raw, n + 1);
-	assert_non_null(s);
-	s[n] = '\0';
-	if (len)
-		*len = n;
-	return s;
-}
-
 /* Rewrites the installed policy: the test policy, with `from` replaced by `to`. */
 static void write_policy(const char *from, const char *to)
 {
 	char src[4200], dst[4300];
 	snprintf(src, sizeof(src), "%s/tests/integration/policy.yaml", PSC_SOURCE_DIR);
 	snprintf(dst, sizeof(dst), "%s/policy.yaml", fx.kmsdir);
-	char *text = read_text(src, NULL);
+	char *text = pt_read_text(src, NULL);
+	assert_non_null(text);
 	char *at = strstr(text, from);
 	assert_non_null(at);
 	FILE *f = fopen(dst, "w");
@@ -142,7 +129,8 @@ static void sighup_reloads_rejects_broken_files_and_audits_both(void **state)
 	char dst[4300];
 	snprintf(dst, sizeof(dst), "%s/policy.yaml", fx.kmsdir);
 	size_t len = 0;
-	char *text = read_text(dst, &len);
+	char *text = pt_read_text(dst, &len);
+	assert_non_null(text);
 	char *forbid = strstr(text, "  - id: forbid-outcast-join");
 	assert_non_null(forbid);
 	char *next = strstr(forbid + 1, "  - id: ");

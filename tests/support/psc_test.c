@@ -62,6 +62,69 @@ uint8_t *pt_read_file(const char *path, size_t *len)
 	return buf;
 }
 
+char *pt_read_text(const char *path, size_t *len)
+{
+	size_t n = 0;
+	uint8_t *raw = pt_read_file(path, &n);
+	if (!raw)
+		return NULL;
+	char *s = realloc(raw, n + 1);
+	if (!s) {
+		free(raw);
+		return NULL;
+	}
+	s[n] = '\0';
+	if (len)
+		*len = n;
+	return s;
+}
+
+const char *pt_doc_path(const char *name)
+{
+	static char p[4096];
+	const char *src = getenv("PSC_SOURCE_DIR");
+	snprintf(p, sizeof(p), "%s/docs/%s", src && *src ? src : PSC_SOURCE_DIR, name);
+	return p;
+}
+
+int pt_doc_section_check(const char *path, const char *begin, const char *end,
+			 const char *gen)
+{
+	char *doc = pt_read_text(path, NULL);
+	char *b = doc ? strstr(doc, begin) : NULL, *e = b ? strstr(b, end) : NULL;
+	int rc = -1;
+	if (e) {
+		size_t len = (size_t)(e - b) + strlen(end);
+		rc = len == strlen(gen) && memcmp(b, gen, len) == 0 ? 0 : 1;
+	}
+	free(doc);
+	return rc;
+}
+
+int pt_doc_section_write(const char *path, const char *begin, const char *end,
+			 const char *gen)
+{
+	char *doc = pt_read_text(path, NULL);
+	char *b = doc ? strstr(doc, begin) : NULL, *e = b ? strstr(b, end) : NULL;
+	if (!e) {
+		fprintf(stderr, "%s: %s\n", path, doc ? "no section markers" : "cannot read");
+		free(doc);
+		return -1;
+	}
+	FILE *f = fopen(path, "w");
+	if (!f) {
+		fprintf(stderr, "%s: cannot write\n", path);
+		free(doc);
+		return -1;
+	}
+	fwrite(doc, 1, (size_t)(b - doc), f);
+	fputs(gen, f);
+	fputs(e + strlen(end), f);
+	int bad = fclose(f) != 0;
+	free(doc);
+	return bad ? -1 : 0;
+}
+
 int pt_ca_nodeid(const char *name, uint8_t out[16])
 {
 	char file[256];

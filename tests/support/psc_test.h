@@ -23,6 +23,19 @@ int pt_ca_nodeid(const char *name, uint8_t out[16]);
 /* Reads a whole file; caller frees. NULL on error. */
 uint8_t *pt_read_file(const char *path, size_t *len);
 
+/* A whole file as a NUL-terminated string (caller frees); NULL on error. */
+char *pt_read_text(const char *path, size_t *len);
+/* "<source dir>/docs/<name>" in a static buffer (PSC_SOURCE_DIR from the
+ * environment or the build). */
+const char *pt_doc_path(const char *name);
+/* Generated doc sections live between two marker lines. Compares the section
+ * (markers included) with `gen`: 0 equal, 1 stale, -1 file or markers missing. */
+int pt_doc_section_check(const char *path, const char *begin, const char *end,
+			 const char *gen);
+/* Replaces the section (markers included) with `gen`. 0 on success, prints why not. */
+int pt_doc_section_write(const char *path, const char *begin, const char *end,
+			 const char *gen);
+
 /* mkdtemp under $TMPDIR (or /tmp); out must hold 4096 bytes. 0 on success. */
 int pt_tmpdir(char *out, const char *tag);
 /* rm -rf; ignores missing paths. */

@@ -814,40 +814,17 @@ static char *section(void)
 	return s;
 }
 
-static char *read_doc(const char *path)
-{
-	size_t n = 0;
-	uint8_t *b = pt_read_file(path, &n);
-	if (!b)
-		return NULL;
-	char *s = realloc(b, n + 1);
-	s[n] = '\0';
-	return s;
-}
-
-static const char *doc_path(void)
-{
-	static char p[4096];
-	const char *src = getenv("PSC_SOURCE_DIR");
-	snprintf(p, sizeof(p), "%s/docs/protocol.md", src ? src : PSC_SOURCE_DIR);
-	return p;
-}
-
 static void doc_vectors_match_the_code(void **state)
 {
 	(void)state;
-	char *doc = read_doc(doc_path());
-	assert_non_null(doc);
 	char *gen = section();
-	char *b = strstr(doc, BEGIN_MARK), *e = strstr(doc, END_MARK);
-	if (!b || !e)
-		fail_msg("%s has no group vectors section", doc_path());
-	size_t len = (size_t)(e - b) + strlen(END_MARK);
-	if (len != strlen(gen) || memcmp(b, gen, len) != 0)
+	int rc = pt_doc_section_check(pt_doc_path("protocol.md"), BEGIN_MARK, END_MARK, gen);
+	free(gen);
+	if (rc < 0)
+		fail_msg("%s has no group vectors section", pt_doc_path("protocol.md"));
+	if (rc > 0)
 		fail_msg("docs/protocol.md group vectors are stale: run "
 			 "tests/unit/peer/test_peer_seal --write-doc docs/protocol.md");
-	free(gen);
-	free(doc);
 }
 
 /* Independently of the generator: each frame in the doc opens with the epoch
@@ -856,7 +833,7 @@ static void doc_vectors_match_the_code(void **state)
 static void doc_vectors_decrypt(void **state)
 {
 	(void)state;
-	char *doc = read_doc(doc_path());
+	char *doc = pt_read_text(pt_doc_path("protocol.md"), NULL);
 	assert_non_null(doc);
 	char *sec = strstr(doc, "| epoch secret | `");
 	assert_non_null(sec);
@@ -903,26 +880,11 @@ static void doc_vectors_decrypt(void **state)
 
 static int write_doc(const char *path)
 {
-	char *doc = read_doc(path);
 	char *gen = section();
-	if (!doc) {
-		fprintf(stderr, "%s: cannot read\n", path);
-		return 2;
-	}
-	char *b = strstr(doc, BEGIN_MARK), *e = strstr(doc, END_MARK);
-	if (!b || !e) {
-		fprintf(stderr, "%s: no group vectors markers\n", path);
-		return 2;
-	}
-	FILE *f = fopen(path, "w");
-	if (!f)
-		return 2;
-	fwrite(doc, 1, (size_t)(b - doc), f);
-	fputs(gen, f);
-	fputs(e + strlen(END_MARK), f);
-	fclose(f);
+	int rc = gen ? pt_doc_section_write(path, BEGIN_MARK, END_MARK, gen) : -1;
 	free(gen);
-	free(doc);
+	if (rc != 0)
+		return 2;
 	printf("updated %zu group vectors in %s\n", N_VECTORS, path);
 	return 0;
 }

@@ -96,41 +96,18 @@ static char *section(void)
 	return s;
 }
 
-static char *read_doc(const char *path)
-{
-	size_t n = 0;
-	uint8_t *b = pt_read_file(path, &n);
-	if (!b)
-		return NULL;
-	char *s = realloc(b, n + 1);
-	s[n] = '\0';
-	return s;
-}
-
-static const char *doc_path(void)
-{
-	static char p[4096];
-	const char *src = getenv("PSC_SOURCE_DIR");
-	snprintf(p, sizeof(p), "%s/docs/protocol.md", src ? src : PSC_SOURCE_DIR);
-	return p;
-}
-
 /* The vectors section in the doc equals what the code generates now. */
 static void doc_vectors_match_the_code(void **state)
 {
 	(void)state;
-	char *doc = read_doc(doc_path());
-	assert_non_null(doc);
 	char *gen = section();
-	char *b = strstr(doc, BEGIN_MARK), *e = strstr(doc, END_MARK);
-	if (!b || !e)
-		fail_msg("%s has no generated vectors section", doc_path());
-	size_t len = (size_t)(e - b) + strlen(END_MARK);
-	if (len != strlen(gen) || memcmp(b, gen, len) != 0)
+	int rc = pt_doc_section_check(pt_doc_path("protocol.md"), BEGIN_MARK, END_MARK, gen);
+	free(gen);
+	if (rc < 0)
+		fail_msg("%s has no generated vectors section", pt_doc_path("protocol.md"));
+	if (rc > 0)
 		fail_msg("docs/protocol.md vectors are stale: run "
 			 "build/tests/unit/proto/test_proto_vectors --write-doc docs/protocol.md");
-	free(gen);
-	free(doc);
 }
 
 /* Independently of the generator: every hex block in the doc decodes, has the
@@ -138,7 +115,7 @@ static void doc_vectors_match_the_code(void **state)
 static void doc_vectors_decode_and_verify(void **state)
 {
 	(void)state;
-	char *doc = read_doc(doc_path());
+	char *doc = pt_read_text(pt_doc_path("protocol.md"), NULL);
 	assert_non_null(doc);
 	size_t seen = 0;
 	for (char *p = strstr(doc, "#### Vector: "); p; p = strstr(p + 1, "#### Vector: ")) {
@@ -194,26 +171,11 @@ static void signer_pem_file_matches_embedded_certificate(void **state)
 
 static int write_doc(const char *path)
 {
-	char *doc = read_doc(path);
 	char *gen = section();
-	if (!doc || !gen) {
-		fprintf(stderr, "%s: cannot read\n", path);
-		return 2;
-	}
-	char *b = strstr(doc, BEGIN_MARK), *e = strstr(doc, END_MARK);
-	if (!b || !e) {
-		fprintf(stderr, "%s: no vectors section markers\n", path);
-		return 2;
-	}
-	FILE *f = fopen(path, "w");
-	if (!f)
-		return 2;
-	fwrite(doc, 1, (size_t)(b - doc), f);
-	fputs(gen, f);
-	fputs(e + strlen(END_MARK), f);
-	fclose(f);
+	int rc = gen ? pt_doc_section_write(path, BEGIN_MARK, END_MARK, gen) : -1;
 	free(gen);
-	free(doc);
+	if (rc != 0)
+		return 2;
 	printf("updated %zu vectors in %s\n", sample_count, path);
 	return 0;
 }
