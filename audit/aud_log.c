@@ -299,6 +299,12 @@ bool aud_log_failed(const aud_log *log)
 	return log && log->failed != PSC_OK;
 }
 
+void aud_log_set_sign_key(aud_log *log, EVP_PKEY *sign_key)
+{
+	if (log && sign_key)
+		log->key = sign_key;
+}
+
 /* Everything append needs before a record can join the batch. */
 static psc_rc prepare_append(aud_log *log, psc_err *err)
 {

@@ -105,6 +105,10 @@ psc_rc aud_log_tick(aud_log *log, psc_err *err) PSC_WUR;
 /* True while failed closed. */
 bool aud_log_failed(const aud_log *log);
 
+/* Replaces the checkpoint signing key (borrowed, same rules as sign_key): the
+ * KMS fetches its HSM key again after the token recovered from a fault. */
+void aud_log_set_sign_key(aud_log *log, EVP_PKEY *sign_key);
+
 /*
  * Leaves the failed state: cuts any partly written bytes back to the last
  * committed size (segment and checkpoint file), reopens the files, and commits a

@@ -220,6 +220,147 @@ static void batch_drop_outputs(kmsd *k)
 	k->n_out = 0;
 }
 
+/* ---- HSM worker pool: rekey fan-outs (kms_pool.h) ------------------------ */
+
+void kmsd_fanout_stage(kmsd *k, kms_fanout *job)
+{
+	job->next = k->staged;
+	k->staged = job;
+}
+
+static bool list_has(const kms_fanout *j, const uint8_t psc_id[PSC_PSC_ID_LEN])
+{
+	for (; j; j = j->next)
+		if (memcmp(j->psc_id, psc_id, PSC_PSC_ID_LEN) == 0)
+			return true;
+	return false;
+}
+
+bool kmsd_fanout_running(kmsd *k, const uint8_t psc_id[PSC_PSC_ID_LEN])
+{
+	for (size_t i = 0; i < k->n_running; i++)
+		if (memcmp(k->running[i], psc_id, PSC_PSC_ID_LEN) == 0)
+			return true;
+	return list_has(k->staged, psc_id) || list_has(k->retry, psc_id);
+}
+
+static void fanout_submit(kmsd *k, kms_fanout *job)
+{
+	if (k->n_running == k->cap_running) {
+		size_t cap = k->cap_running ? 2 * k->cap_running : 16;
+		void *a = realloc(k->running, cap * sizeof(*k->running));
+		if (!a) {
+			/* Members catch up at their next Initialize / Catchup. */
+			LOG_ERR("fan-out of an epoch: out of memory; members will catch up");
+			kms_fanout_free(&job);
+			return;
+		}
+		k->running = a;
+		k->cap_running = cap;
+	}
+	memcpy(k->running[k->n_running++], job->psc_id, PSC_PSC_ID_LEN);
+	kms_pool_submit(k->pool, job);
+}
+
+static void fanout_forget(kmsd *k, const uint8_t psc_id[PSC_PSC_ID_LEN])
+{
+	for (size_t i = 0; i < k->n_running; i++)
+		if (memcmp(k->running[i], psc_id, PSC_PSC_ID_LEN) == 0) {
+			memmove(k->running[i], k->running[k->n_running - 1], PSC_PSC_ID_LEN);
+			k->n_running--;
+			return;
+		}
+}
+
+static void fanout_list_free(kms_fanout **head)
+{
+	while (*head) {
+		kms_fanout *j = *head;
+		*head = j->next;
+		kms_fanout_free(&j);
+	}
+}
+
+/* Still the PSC's current epoch, with the same secret? A fan-out overtaken by
+ * a later rekey (or a destroy) is dropped: its members get the newer one. */
+static bool fanout_current(kmsd *k, const kms_fanout *j)
+{
+	kms_epoch ep;
+	psc_err e;
+	if (kms_store_epoch_current(k->store, j->psc_id, &ep, &e) != PSC_OK)
+		return false;
+	return ep.epoch == j->epoch && ep.wrapped_len == sizeof(j->blob) &&
+	       memcmp(ep.wrapped, j->blob, sizeof(j->blob)) == 0;
+}
+
+/* A finished fan-out: its Refreshes join the open batch (the epoch they carry
+ * is already durable) and go to each member's current connection. */
+static void fanout_done(kmsd *k, kms_fanout *j)
+{
+	fanout_forget(k, j->psc_id);
+	char psc[33];
+	proto_id_hex(j->psc_id, psc);
+	if (!fanout_current(k, j)) {
+		kms_fanout_free(&j);
+		return;
+	}
+	if (j->rc != PSC_OK) {
+		/* HSM down or busy: try again while this epoch is current. */
+		uint64_t backoff = 250ull << (j->attempts < 7 ? j->attempts : 7);
+		j->attempts++;
+		j->retry_at_ms = k->now_ms + backoff;
+		LOG_WARN("Refreshes of PSC %s epoch %llu to %zu members failed (%s); retrying in "
+			 "%llu ms", psc, (unsigned long long)j->epoch, j->n_dest,
+			 psc_err_text(&j->err), (unsigned long long)backoff);
+		j->next = k->retry;
+		k->retry = j;
+		return;
+	}
+	size_t sent = 0;
+	for (size_t i = 0; i < j->n_dest; i++) {
+		kmsd_binding *b = kmsd_binding_by_node(k, j->dest[i].node_id);
+		if (!b || !j->dest[i].msg)
+			continue; /* gone meanwhile: it catches up (PscCatchup) */
+		if (kmsd_queue_raw(k, b->rid, b->rid_len, j->dest[i].msg, j->dest[i].len) == PSC_OK)
+			sent++;
+		j->dest[i].msg = NULL; /* the batch owns it now (freed even on failure) */
+	}
+	if (j->attempts)
+		LOG_INFO("Refreshes of PSC %s epoch %llu sent after %u retries", psc,
+			 (unsigned long long)j->epoch, j->attempts);
+	kms_fanout_free(&j);
+}
+
+static void fanout_poll(kmsd *k)
+{
+	kms_fanout *j;
+	while ((j = kms_pool_take(k->pool)) != NULL)
+		fanout_done(k, j);
+	for (kms_fanout **pp = &k->retry; *pp;) {
+		j = *pp;
+		if (j->retry_at_ms > k->now_ms) {
+			pp = &j->next;
+			continue;
+		}
+		*pp = j->next;
+		if (!fanout_current(k, j)) {
+			kms_fanout_free(&j);
+			continue;
+		}
+		j->timestamp_ms = k->now_ms; /* a fresh Refresh, not a stale one */
+		fanout_submit(k, j);
+	}
+}
+
+static uint64_t fanout_next_retry(const kmsd *k)
+{
+	uint64_t next = 0;
+	for (const kms_fanout *j = k->retry; j; j = j->next)
+		if (!next || j->retry_at_ms < next)
+			next = j->retry_at_ms;
+	return next;
+}
+
 /* DESIGN.md §5: (1) audit records written + fdatasync, (2) SQLite commit
  * recording the last audit seq, (3) sends. A failure at (1) or (2) sends
  * nothing: the requesters time out and retry, and nothing was acknowledged. */
@@ -236,6 +377,7 @@ static void batch_end(kmsd *k)
 			if (kms_store_in_txn(k->store))
 				kms_store_rollback(k->store);
 			batch_drop_outputs(k);
+			fanout_list_free(&k->staged);
 			k->batch_dirty = false;
 			return;
 		}
@@ -254,6 +396,7 @@ static void batch_end(kmsd *k)
 			LOG_ERR("state store commit failed: %s", psc_err_text(&e));
 			kms_store_rollback(k->store);
 			batch_drop_outputs(k);
+			fanout_list_free(&k->staged);
 			/* The records just synced describe changes that did not happen. */
 			uint64_t first = kms_store_last_audit_seq(k->store) + 1;
 			if (audited && first <= seq &&
@@ -265,6 +408,19 @@ static void batch_end(kmsd *k)
 		KMS_FAILPOINT(KMS_FP_AFTER_STATE_COMMIT);
 	}
 	k->batch_dirty = false;
+	/* The epochs are durable: their Refreshes may be made now (in order). */
+	kms_fanout *staged = NULL;
+	while (k->staged) {
+		kms_fanout *j = k->staged;
+		k->staged = j->next;
+		j->next = staged;
+		staged = j;
+	}
+	while (staged) {
+		kms_fanout *j = staged;
+		staged = j->next;
+		fanout_submit(k, j);
+	}
 	for (size_t i = 0; i < k->n_out; i++) {
 		(void)!kms_net_send(k->net, k->out[i].rid, k->out[i].rid_len, k->out[i].msg,
 				    k->out[i].len);
@@ -315,7 +471,7 @@ static psc_rc open_hsm(kmsd *k, psc_err *err)
 	hsm_config hc = {.module_path = k->cfg->hsm.module,
 			 .token_label = k->cfg->hsm.token_label,
 			 .pin = (const char *)pin,
-			 .sessions = k->cfg->hsm.workers};
+			 .sessions = k->cfg->hsm.workers + 1}; /* + the loop's own */
 	rc = hsm_ctx_new(&k->hsm, &hc, err);
 	OPENSSL_cleanse(pin, sizeof(pin));
 	if (rc != PSC_OK)
@@ -439,6 +595,19 @@ psc_rc kmsd_open(kmsd **out, kms_config *cfg, volatile sig_atomic_t *stop,
 	if ((rc = open_sockets(k, err)) != PSC_OK ||
 	    (rc = kms_admin_open(&k->admin, k, err)) != PSC_OK)
 		goto fail;
+	unsigned sessions = hsm_ctx_sessions(k->hsm);
+	if (sessions < 2) {
+		rc = psc_err_set(err, PSC_E_HSM_P11, "token '%s' allows only %u session(s) for "
+				 "psc-kmsd: it needs one for its event loop and one per HSM worker "
+				 "(hsm.workers)", cfg->hsm.token_label, sessions);
+		goto fail;
+	}
+	unsigned workers = cfg->hsm.workers < sessions - 1 ? cfg->hsm.workers : sessions - 1;
+	if (workers < cfg->hsm.workers)
+		LOG_WARN("the token allows %u sessions: running %u HSM workers instead of %u",
+			 sessions, workers, (unsigned)cfg->hsm.workers);
+	if ((rc = kms_pool_new(&k->pool, k->zctx, k->hsm, workers, err)) != PSC_OK)
+		goto fail;
 	audit_system(k, AUD_EV_KMS_START, "ok");
 	batch_end(k);
 	k->started = true;
@@ -475,11 +644,61 @@ static void reload_policy(kmsd *k)
 		LOG_ERR("policy reload rejected, previous policy stays active: %s", psc_err_text(&e));
 }
 
+/* After the token recovered from a fault its objects may have new handles:
+ * libp11's EVP_PKEYs fetched before can fail to sign (docs/hsm.md). */
+static void refetch_keys(kmsd *k)
+{
+	if (!hsm_healthy(k->hsm)) {
+		k->hsm_was_down = true;
+		return;
+	}
+	if (!k->hsm_was_down)
+		return;
+	EVP_PKEY *id = NULL, *au = NULL;
+	psc_err e;
+	if (hsm_identity_key(k->hsm, &id, &e) != PSC_OK ||
+	    hsm_audit_key(k->hsm, &au, &e) != PSC_OK) {
+		EVP_PKEY_free(id);
+		LOG_WARN("HSM back, but its keys cannot be fetched yet: %s", psc_err_text(&e));
+		return;
+	}
+	/* Fan-outs in flight hold their own reference to the old key. */
+	EVP_PKEY_free(k->id_key);
+	k->id_key = id;
+	k->signer.key = id;
+	aud_log_set_sign_key(k->audit, au);
+	EVP_PKEY_free(k->audit_key);
+	k->audit_key = au;
+	k->hsm_was_down = false;
+	LOG_INFO("HSM healthy again: identity and audit keys fetched again");
+}
+
+/* SIGTERM: the Refreshes being made are finished and sent (bounded wait). */
+static void fanout_drain(kmsd *k)
+{
+	uint64_t until = kmsd_clock_ms() + 5000;
+	while (k->pool && kms_pool_busy(k->pool) && kmsd_clock_ms() < until) {
+		zmq_pollitem_t it = {kms_pool_socket(k->pool), 0, ZMQ_POLLIN, 0};
+		(void)zmq_poll(&it, 1, 100);
+		k->now_ms = kmsd_clock_ms();
+		kms_fanout *j;
+		while ((j = kms_pool_take(k->pool)) != NULL)
+			fanout_done(k, j);
+		batch_end(k);
+	}
+	if (k->pool && kms_pool_busy(k->pool))
+		LOG_WARN("stopping with %zu rekey fan-outs unfinished: their members catch up "
+			 "at their next connection", kms_pool_busy(k->pool));
+}
+
 psc_rc kmsd_run(kmsd *k, psc_err *err)
 {
 	while (!*k->stop) {
 		k->now_ms = kmsd_clock_ms();
 		uint64_t next = kmsd_next_deadline(k);
+		uint64_t retry = fanout_next_retry(k);
+		if (retry && (!next || retry < next))
+			next = retry;
 		long timeout = 1000;
 		if (next && next <= k->now_ms)
 			timeout = 0;
@@ -487,8 +706,9 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 			timeout = (long)(next - k->now_ms);
 		zmq_pollitem_t items[] = {{kms_net_zap(k->net), 0, ZMQ_POLLIN, 0},
 					  {kms_net_router(k->net), 0, ZMQ_POLLIN, 0},
-					  {kms_admin_socket(k->admin), 0, ZMQ_POLLIN, 0}};
-		if (zmq_poll(items, 3, timeout) < 0 && zmq_errno() != EINTR)
+					  {kms_admin_socket(k->admin), 0, ZMQ_POLLIN, 0},
+					  {kms_pool_socket(k->pool), 0, ZMQ_POLLIN, 0}};
+		if (zmq_poll(items, 4, timeout) < 0 && zmq_errno() != EINTR)
 			return psc_err_set(err, PSC_E_IO, "zmq_poll: %s", zmq_strerror(zmq_errno()));
 		if (items[0].revents & ZMQ_POLLIN)
 			kms_net_zap_serve(k->net);
@@ -497,6 +717,8 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 			*k->reload = 0;
 			reload_policy(k);
 		}
+		refetch_keys(k);
+		fanout_poll(k);
 		for (int i = 0; i < KMSD_BATCH_MAX; i++) {
 			kms_inbound in;
 			int got = 0;
@@ -530,9 +752,14 @@ void kmsd_close(kmsd **p)
 	psc_err e;
 	if (k->started) {
 		batch_end(k);
+		fanout_drain(k);
 		audit_system(k, AUD_EV_KMS_STOP, "ok");
 		batch_end(k);
 	}
+	kms_pool_free(&k->pool); /* before the HSM sessions and sockets it uses */
+	fanout_list_free(&k->staged);
+	fanout_list_free(&k->retry);
+	free(k->running);
 	if (k->audit && aud_log_close(&k->audit, &e) != PSC_OK)
 		LOG_ERR("audit log close: %s", psc_err_text(&e));
 	aud_log_free(&k->audit);

@@ -284,14 +284,6 @@ static psc_rc member_set_load(kmsd *k, const uint8_t psc_id[16], member_set *s)
 	return PSC_OK;
 }
 
-/* Wrapped secret for one member. */
-typedef struct wrapped {
-	uint8_t alg;
-	uint8_t bytes[PROTO_KEYWRAP_MAX_WRAPPED];
-	size_t len;
-	uint8_t eph[PROTO_KEYWRAP_EC_POINT_LEN];
-	size_t eph_len;
-} wrapped;
 
 /* The member's public key from the cache, parsing its certificate on a miss.
  * Borrowed: valid until the next call (an eviction may free it). */
@@ -337,29 +329,17 @@ void kmsd_flows_free(kmsd *k)
 }
 
 static psc_rc wrap_for(kmsd *k, const hsm_key *secret, hsm_eph **eph, const kms_peer *p,
-		       const uint8_t psc_id[16], uint64_t epoch, wrapped *w, psc_err *err)
+		       const uint8_t psc_id[16], uint64_t epoch, kms_wrapped *w, psc_err *err)
 {
 	EVP_PKEY *pub = NULL;
 	psc_rc rc = peer_pubkey(k, p, &pub, err);
 	if (rc != PSC_OK)
 		return rc;
-	if (EVP_PKEY_get_base_id(pub) == EVP_PKEY_EC && !*eph) {
-		rc = hsm_eph_new(k->hs, eph, err);
-		if (rc != PSC_OK)
-			return rc;
-	}
-	rc = hsm_wrap_for_member(k->hs, secret, *eph, pub, psc_id, epoch, p->node_id, &w->alg,
-				 w->bytes, sizeof(w->bytes), &w->len, err);
-	w->eph_len = 0;
-	if (rc == PSC_OK && w->alg == PSC_WRAP_ECDH_P256_AESPRF_KWP) {
-		memcpy(w->eph, hsm_eph_public(*eph), PROTO_KEYWRAP_EC_POINT_LEN);
-		w->eph_len = PROTO_KEYWRAP_EC_POINT_LEN;
-	}
-	return rc;
+	return kms_wrap_to(k->hs, secret, eph, pub, psc_id, epoch, p->node_id, w, err);
 }
 
 static void fill_material(proto_material *m, const kms_psc *p, uint64_t epoch, uint32_t grace_ms,
-			  const wrapped *w, const member_set *ms, bool full)
+			  const kms_wrapped *w, const member_set *ms, bool full)
 {
 	memset(m, 0, sizeof(*m));
 	memcpy(m->psc_id, p->psc_id, PSC_PSC_ID_LEN);
@@ -385,7 +365,7 @@ static void fill_material(proto_material *m, const kms_psc *p, uint64_t epoch, u
  * member; the secret never leaves the HSM.
  */
 static psc_rc material_for_member(kmsd *k, const kms_psc *p, const kms_peer *peer,
-				  member_set *ms, wrapped *w, proto_material *out, psc_err *err)
+				  member_set *ms, kms_wrapped *w, proto_material *out, psc_err *err)
 {
 	kms_epoch ep;
 	psc_rc rc = kms_store_epoch_current(k->store, p->psc_id, &ep, err);
@@ -409,15 +389,73 @@ static psc_rc material_for_member(kmsd *k, const kms_psc *p, const kms_peer *pee
 	return PSC_OK;
 }
 
+_Static_assert(KMS_FANOUT_NAME_MAX >= KMS_NAME_MAX, "fan-out jobs carry the PSC name");
+
+/* The fan-out of one rekey (kms_pool.h) for the connected members other than
+ * `skip`; *out stays NULL when nobody is to be told. */
+static psc_rc fanout_for(kmsd *k, const kms_psc *p, uint8_t reason, uint32_t grace_ms,
+			 uint64_t epoch, const uint8_t blob[HSM_EPOCH_BLOB_LEN],
+			 const member_set *ms, bool full, const uint8_t *skip, kms_fanout **out,
+			 psc_err *err)
+{
+	*out = NULL;
+	size_t n = 0;
+	for (size_t i = 0; i < ms->n; i++)
+		if (ms->peers[i] && kmsd_binding_by_node(k, ms->items[i].node_id) &&
+		    !(skip && memcmp(ms->items[i].node_id, skip, PSC_NODE_ID_LEN) == 0))
+			n++;
+	if (!n)
+		return PSC_OK;
+	kms_fanout *j = NULL;
+	if (kms_fanout_new(&j, n, ms->items, full ? ms->n : 0) != PSC_OK)
+		return psc_err_set(err, PSC_E_NOMEM, "rekey of %zu members: out of memory", ms->n);
+	memcpy(j->psc_id, p->psc_id, PSC_PSC_ID_LEN);
+	j->epoch = epoch;
+	memcpy(j->blob, blob, HSM_EPOCH_BLOB_LEN);
+	j->reason = reason;
+	j->timestamp_ms = k->now_ms;
+	j->overlay = k->overlay_hash;
+	snprintf(j->name, sizeof(j->name), "%s", p->name);
+	proto_members members = j->tmpl.members;
+	kms_wrapped none = {0};
+	fill_material(&j->tmpl, p, epoch, grace_ms, &none, NULL, full);
+	j->tmpl.name = (proto_bytes){(const uint8_t *)j->name, strlen(j->name)};
+	j->tmpl.members = members;
+	j->signer = k->signer;
+	EVP_PKEY_up_ref(j->signer.key); /* the loop may swap its key after an HSM recovery */
+	size_t d = 0;
+	psc_rc rc = PSC_OK;
+	for (size_t i = 0; i < ms->n && d < n; i++) {
+		if (!ms->peers[i] || !kmsd_binding_by_node(k, ms->items[i].node_id) ||
+		    (skip && memcmp(ms->items[i].node_id, skip, PSC_NODE_ID_LEN) == 0))
+			continue;
+		EVP_PKEY *pub = NULL;
+		rc = peer_pubkey(k, ms->peers[i], &pub, err);
+		if (rc != PSC_OK)
+			break;
+		EVP_PKEY_up_ref(pub); /* the cache may drop its own reference meanwhile */
+		j->dest[d].pub = pub;
+		memcpy(j->dest[d].node_id, ms->items[i].node_id, PSC_NODE_ID_LEN);
+		d++;
+	}
+	if (rc != PSC_OK) {
+		kms_fanout_free(&j);
+		return rc;
+	}
+	*out = j;
+	return PSC_OK;
+}
+
 /*
- * A rekey: new epoch secret generated in the HSM, stored wrapped under the
- * master KEK (EPOCH_NEW), wrapped to every initialised member with one
- * ephemeral key per rekey, and one Refresh per connected member, all under one
- * batch signature. `answer_to` (may be NULL) gets its material in `answer`
- * (backed by `aw` and `ams`) instead of a Refresh, because its answer carries it.
+ * A rekey: new epoch secret generated in the HSM and stored wrapped under the
+ * master KEK (EPOCH_NEW). `answer_to` (may be NULL) gets its material in
+ * `answer` (backed by `aw` and `ams`) because its answer carries it: that one
+ * wrap happens here. Every other connected member gets a Refresh from the HSM
+ * worker pool, which starts once this batch is durable (kmsd_fanout_stage):
+ * all wraps under one ephemeral key, all Refreshes under one batch signature.
  */
 static psc_rc rekey(kmsd *k, const kms_psc *p, uint8_t reason, uint32_t grace_ms,
-		    const uint8_t *answer_to, member_set *ams, wrapped *aw, proto_material *answer,
+		    const uint8_t *answer_to, member_set *ams, kms_wrapped *aw, proto_material *answer,
 		    uint64_t *epoch_out, psc_err *err)
 {
 	member_set ms;
@@ -435,49 +473,19 @@ static psc_rc rekey(kmsd *k, const kms_psc *p, uint8_t reason, uint32_t grace_ms
 		return rc;
 	}
 	hsm_eph *eph = NULL;
-	wrapped *w = calloc(ms.n ? ms.n : 1, sizeof(*w));
-	psc_body *bodies = calloc(ms.n ? ms.n : 1, sizeof(*bodies));
-	uint8_t **enc = calloc(ms.n ? ms.n : 1, sizeof(*enc));
-	size_t *enc_len = calloc(ms.n ? ms.n : 1, sizeof(*enc_len));
-	proto_envelope *envs = calloc(ms.n ? ms.n : 1, sizeof(*envs));
-	kmsd_binding **dest = calloc(ms.n ? ms.n : 1, sizeof(*dest));
-	uint8_t **outs = calloc(ms.n ? ms.n : 1, sizeof(*outs));
-	size_t *out_lens = calloc(ms.n ? ms.n : 1, sizeof(*out_lens));
-	size_t n_send = 0;
-	if (!w || !bodies || !enc || !enc_len || !envs || !dest || !outs || !out_lens) {
-		rc = psc_err_set(err, PSC_E_NOMEM, "rekey of %zu members: out of memory", ms.n);
+	kms_fanout *job = NULL;
+	/* A timer rekey leaves the member list out, unless an earlier fan-out that
+	 * carries it is still running: it may be superseded and dropped. */
+	bool full = reason != PSC_REFRESH_TIMER || kmsd_fanout_running(k, p->psc_id);
+	rc = fanout_for(k, p, reason, grace_ms, epoch, blob, &ms, full, answer_to, &job, err);
+	if (rc != PSC_OK)
 		goto out;
-	}
-	bool full = reason != PSC_REFRESH_TIMER;
-	for (size_t i = 0; i < ms.n; i++) {
-		if (!ms.peers[i])
+	for (size_t i = 0; answer_to && aw && i < ms.n; i++) {
+		if (!ms.peers[i] || memcmp(ms.items[i].node_id, answer_to, PSC_NODE_ID_LEN) != 0)
 			continue;
-		rc = wrap_for(k, &key, &eph, ms.peers[i], p->psc_id, epoch, &w[i], err);
+		rc = wrap_for(k, &key, &eph, ms.peers[i], p->psc_id, epoch, aw, err);
 		if (rc != PSC_OK)
 			goto out;
-		bool is_answer = answer_to &&
-				 memcmp(ms.items[i].node_id, answer_to, PSC_NODE_ID_LEN) == 0;
-		if (is_answer) {
-			*aw = w[i];
-			continue;
-		}
-		kmsd_binding *b = kmsd_binding_by_node(k, ms.items[i].node_id);
-		if (!b)
-			continue; /* offline: it catches up (PscCatchup) */
-		psc_body *body = &bodies[n_send];
-		body->code = PSC_MSG_REFRESH_REQ;
-		body->u.refresh_req.timestamp = k->now_ms;
-		body->u.refresh_req.reason = reason;
-		fill_material(&body->u.refresh_req.material, p, epoch, grace_ms, &w[i], &ms, full);
-		rc = proto_body_encode(body, &enc[n_send], &enc_len[n_send], err);
-		if (rc != PSC_OK)
-			goto out;
-		envs[n_send] = (proto_envelope){.overlay = k->overlay_hash,
-						.transaction_id = kmsd_txid(k),
-						.code = PSC_MSG_REFRESH_REQ,
-						.dest_node = b->node_id};
-		dest[n_send] = b;
-		n_send++;
 	}
 	kms_cmd cmd = {.type = KMS_CMD_EPOCH_NEW};
 	memcpy(cmd.epoch_new.psc_id, p->psc_id, PSC_PSC_ID_LEN);
@@ -489,15 +497,10 @@ static psc_rc rekey(kmsd *k, const kms_psc *p, uint8_t reason, uint32_t grace_ms
 	rc = kmsd_apply(k, &cmd, err);
 	if (rc != PSC_OK)
 		goto out;
-	if (n_send) {
-		rc = proto_message_build_batch(envs, (const uint8_t *const *)enc, enc_len, n_send,
-					       &k->signer, outs, out_lens, err);
-		if (rc != PSC_OK)
-			goto out;
-		for (size_t i = 0; i < n_send; i++) {
-			(void)!kmsd_queue_raw(k, dest[i]->rid, dest[i]->rid_len, outs[i], out_lens[i]);
-			outs[i] = NULL;
-		}
+	size_t n_fanout = job ? job->n_dest : 0;
+	if (job) {
+		kmsd_fanout_stage(k, job);
+		job = NULL;
 	}
 	if (answer_to && answer) {
 		/* The answer's member list must outlive this function: hand ms over. */
@@ -508,7 +511,7 @@ static psc_rc rekey(kmsd *k, const kms_psc *p, uint8_t reason, uint32_t grace_ms
 	static const char *const reasons[] = {"", "establish", "timer", "join", "leave", "evict",
 					      "destroyed", "removed", "restore", "catchup"};
 	aud_kv kv[2] = {{.key = "reason", .str = reason < 10 ? reasons[reason] : "?"},
-			{.key = "refreshes_sent", .num = n_send, .str = NULL}};
+			{.key = "refreshes", .num = n_fanout, .str = NULL}};
 	audit_ok(k, AUD_EV_PSC_REFRESH, NULL, NULL, p->psc_id, true, epoch, NULL, kv, 2);
 	*epoch_out = epoch;
 out:
@@ -518,18 +521,7 @@ out:
 	}
 	hsm_eph_free(&eph);
 	OPENSSL_cleanse(blob, sizeof(blob));
-	for (size_t i = 0; enc && i < n_send; i++)
-		free(enc[i]);
-	for (size_t i = 0; outs && i < n_send; i++)
-		free(outs[i]);
-	free(w);
-	free(bodies);
-	free(enc);
-	free(enc_len);
-	free(envs);
-	free(dest);
-	free(outs);
-	free(out_lens);
+	kms_fanout_free(&job);
 	member_set_free(&ms);
 	return rc;
 }
@@ -730,7 +722,7 @@ typedef struct establish_out {
 	uint8_t psc_id[PSC_PSC_ID_LEN];
 	proto_material material;
 	member_set ms;
-	wrapped w;
+	kms_wrapped w;
 	uint8_t (*pending)[PSC_NODE_ID_LEN];
 	size_t n_pending;
 	bool decided; /* d holds the policy decision (for the refusal's audit record) */
@@ -897,7 +889,7 @@ static void on_establish(req *r)
 
 /* Adds `node` to the PSC and rekeys; the joiner's material goes into `answer`. */
 static psc_rc admit(kmsd *k, const kms_psc *p, const uint8_t node[16], member_set *ams,
-		    wrapped *aw, proto_material *answer, uint64_t *epoch, psc_err *err)
+		    kms_wrapped *aw, proto_material *answer, uint64_t *epoch, psc_err *err)
 {
 	kms_cmd add = {.type = KMS_CMD_MEMBER_ADD};
 	memcpy(add.member_add.psc_id, p->psc_id, PSC_PSC_ID_LEN);
@@ -923,7 +915,7 @@ static void finish_join(kmsd *k, const kmsd_origin *o, const uint8_t psc_id[16],
 		return;
 	}
 	member_set ms = {0};
-	wrapped w;
+	kms_wrapped w;
 	proto_material mat;
 	uint64_t epoch = 0;
 	psc_rc rc = admit(k, &v.psc, o->node_id, &ms, &w, &mat, &epoch, &e);
@@ -1239,7 +1231,7 @@ typedef struct memberships {
 	size_t n, cap;
 	proto_material *mats;
 	member_set *sets;
-	wrapped *w;
+	kms_wrapped *w;
 	proto_catchup_entry *entries;
 	size_t n_entries;
 	const uint8_t (*skip)[PSC_PSC_ID_LEN]; /* already listed (Catchup) */
@@ -1401,7 +1393,7 @@ static void on_initialize(req *r)
 							     : "policy denies joining");
 		} else {
 			member_set ms = {0};
-			wrapped w;
+			kms_wrapped w;
 			proto_material mat;
 			uint64_t epoch;
 			rc = admit(k, &v.psc, r->node, &ms, &w, &mat, &epoch, &e);

@@ -24,6 +24,7 @@
 #include "kms_auth.h"
 #include "kms_config.h"
 #include "kms_net.h"
+#include "kms_pool.h"
 #include "kms_store.h"
 #include "pol_policy.h"
 #include "proto_msg.h"
@@ -111,6 +112,12 @@ typedef struct kmsd {
 	kms_store *store;
 	kms_replay *replay;
 	struct kms_admin *admin; /* psc-kmsctl's socket (kms_admin.c) */
+	kms_pool *pool;		 /* HSM workers: rekey fan-outs (kms_pool.h) */
+	kms_fanout *staged;	 /* fan-outs of the open batch, submitted once it is durable */
+	kms_fanout *retry;	 /* fan-outs that failed (HSM down), retried while current */
+	uint8_t (*running)[PSC_PSC_ID_LEN]; /* PSC of each fan-out in the pool */
+	size_t n_running, cap_running;
+	bool hsm_was_down; /* re-fetch the identity key once the HSM is back */
 	uint32_t overlay_hash;
 	uint64_t started_ms;
 	uint64_t now_ms; /* the batch's clock: read once per batch */
@@ -153,6 +160,11 @@ psc_rc kmsd_queue_raw(kmsd *k, const uint8_t *rid, size_t rid_len, uint8_t *msg,
 	PSC_WUR;
 /* Apply one command to the open store transaction. */
 psc_rc kmsd_apply(kmsd *k, const kms_cmd *cmd, psc_err *err) PSC_WUR;
+/* Hands a rekey's fan-out to the batch: submitted to the HSM workers once the
+ * batch is durable, dropped if it fails. Takes ownership. */
+void kmsd_fanout_stage(kmsd *k, kms_fanout *job);
+/* Whether a fan-out of this PSC is in the pool (staged, running or retrying). */
+bool kmsd_fanout_running(kmsd *k, const uint8_t psc_id[PSC_PSC_ID_LEN]);
 /* Append one audit record to the open batch. */
 psc_rc kmsd_audit(kmsd *k, const aud_event *ev, psc_err *err) PSC_WUR;
 
