@@ -149,6 +149,28 @@ static psc_rc out_push(kmsd *k, const uint8_t *rid, size_t rid_len, uint8_t *msg
 	return PSC_OK;
 }
 
+static bool refetch_keys(kmsd *k, bool force);
+
+/* Builds and signs; a failed signature is retried once with the identity key
+ * fetched again (the token may have recovered inside this very batch). */
+static psc_rc build_signed(kmsd *k, const proto_envelope *env, const uint8_t *b, size_t blen,
+			   uint8_t **msg, size_t *mlen, psc_err *e)
+{
+	psc_rc rc = proto_message_build(env, b, blen, &k->signer, msg, mlen, e);
+	if (rc == PSC_OK)
+		return rc;
+	/* libp11 does not tell us why. Probe the token through our own session: a
+	 * dead session marks the HSM down and the next call tries to recover it
+	 * (hsm_ctx.h), after which the keys are fetched again. */
+	uint8_t probe;
+	psc_err pe;
+	if (hsm_random(k->hs, &probe, 1, &pe) != PSC_OK)
+		(void)!hsm_random(k->hs, &probe, 1, &pe);
+	if (refetch_keys(k, true))
+		rc = proto_message_build(env, b, blen, &k->signer, msg, mlen, e);
+	return rc;
+}
+
 psc_rc kmsd_queue_raw(kmsd *k, const uint8_t *rid, size_t rid_len, uint8_t *msg, size_t len)
 {
 	return out_push(k, rid, rid_len, msg, len);
@@ -167,7 +189,7 @@ psc_rc kmsd_queue(kmsd *k, const uint8_t *rid, size_t rid_len, uint16_t code, ui
 	}
 	proto_envelope env = {.overlay = k->overlay_hash, .transaction_id = txid, .code = code,
 			      .dest_node = dest_node};
-	rc = proto_message_build(&env, b, blen, &k->signer, &msg, &mlen, &e);
+	rc = build_signed(k, &env, b, blen, &msg, &mlen, &e);
 	free(b);
 	if (rc != PSC_OK) {
 		LOG_ERR("signing %s: %s", proto_msg_name(code), psc_err_text(&e));
@@ -189,7 +211,8 @@ psc_rc kmsd_queue_error(kmsd *k, const uint8_t *rid, size_t rid_len, uint64_t tx
 		return rc;
 	proto_envelope env = {.overlay = k->overlay_hash, .transaction_id = txid,
 			      .code = PSC_MSG_ERROR};
-	rc = proto_message_build(&env, b, blen, &k->signer, &msg, &mlen, NULL);
+	psc_err e;
+	rc = build_signed(k, &env, b, blen, &msg, &mlen, &e);
 	free(b);
 	if (rc != PSC_OK)
 		return rc;
@@ -205,6 +228,24 @@ psc_rc kmsd_apply(kmsd *k, const kms_cmd *cmd, psc_err *err)
 	}
 	k->batch_dirty = true;
 	return kms_store_apply(k->store, cmd, err);
+}
+
+psc_rc kmsd_mark(kmsd *k, psc_err *err)
+{
+	if (!kms_store_in_txn(k->store)) {
+		psc_rc rc = kms_store_begin(k->store, err);
+		if (rc != PSC_OK)
+			return rc;
+	}
+	return kms_store_savepoint(k->store, err);
+}
+
+void kmsd_mark_end(kmsd *k, bool keep)
+{
+	psc_err e;
+	if (keep && kms_store_keep(k->store, &e) == PSC_OK)
+		return;
+	kms_store_undo(k->store);
 }
 
 psc_rc kmsd_audit(kmsd *k, const aud_event *ev, psc_err *err)
@@ -305,7 +346,9 @@ static void fanout_done(kmsd *k, kms_fanout *j)
 		return;
 	}
 	if (j->rc != PSC_OK) {
-		/* HSM down or busy: try again while this epoch is current. */
+		/* HSM down or busy, or a key handle gone stale: try again while this
+		 * epoch is current, with the identity key as fetched then. */
+		(void)refetch_keys(k, true);
 		uint64_t backoff = 250ull << (j->attempts < 7 ? j->attempts : 7);
 		j->attempts++;
 		j->retry_at_ms = k->now_ms + backoff;
@@ -348,6 +391,9 @@ static void fanout_poll(kmsd *k)
 			continue;
 		}
 		j->timestamp_ms = k->now_ms; /* a fresh Refresh, not a stale one */
+		EVP_PKEY_free(j->signer.key);
+		j->signer = k->signer;
+		EVP_PKEY_up_ref(j->signer.key);
 		fanout_submit(k, j);
 	}
 }
@@ -645,22 +691,23 @@ static void reload_policy(kmsd *k)
 }
 
 /* After the token recovered from a fault its objects may have new handles:
- * libp11's EVP_PKEYs fetched before can fail to sign (docs/hsm.md). */
-static void refetch_keys(kmsd *k)
+ * libp11's EVP_PKEYs fetched before can fail to sign (docs/hsm.md). `force`:
+ * a signature just failed although the HSM looks healthy. */
+static bool refetch_keys(kmsd *k, bool force)
 {
 	if (!hsm_healthy(k->hsm)) {
 		k->hsm_was_down = true;
-		return;
+		return false;
 	}
-	if (!k->hsm_was_down)
-		return;
+	if (!k->hsm_was_down && !force)
+		return false;
 	EVP_PKEY *id = NULL, *au = NULL;
 	psc_err e;
 	if (hsm_identity_key(k->hsm, &id, &e) != PSC_OK ||
 	    hsm_audit_key(k->hsm, &au, &e) != PSC_OK) {
 		EVP_PKEY_free(id);
 		LOG_WARN("HSM back, but its keys cannot be fetched yet: %s", psc_err_text(&e));
-		return;
+		return false;
 	}
 	/* Fan-outs in flight hold their own reference to the old key. */
 	EVP_PKEY_free(k->id_key);
@@ -669,8 +716,10 @@ static void refetch_keys(kmsd *k)
 	aud_log_set_sign_key(k->audit, au);
 	EVP_PKEY_free(k->audit_key);
 	k->audit_key = au;
+	if (k->hsm_was_down)
+		LOG_INFO("HSM healthy again: identity and audit keys fetched again");
 	k->hsm_was_down = false;
-	LOG_INFO("HSM healthy again: identity and audit keys fetched again");
+	return true;
 }
 
 /* SIGTERM: the Refreshes being made are finished and sent (bounded wait). */
@@ -717,7 +766,7 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 			*k->reload = 0;
 			reload_policy(k);
 		}
-		refetch_keys(k);
+		(void)refetch_keys(k, false);
 		fanout_poll(k);
 		for (int i = 0; i < KMSD_BATCH_MAX; i++) {
 			kms_inbound in;

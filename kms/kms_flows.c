@@ -172,6 +172,25 @@ static void audit_ok(kmsd *k, aud_event_type type, const char *request_id, const
 	(void)!kmsd_audit(k, &ev, &e);
 }
 
+/* A permitted operation that could not be carried out (HSM down, store error). */
+static void audit_failed(kmsd *k, aud_event_type type, const char *request_id,
+			 const aud_actor *actor, const uint8_t *psc_id, const pol_decision *d,
+			 const char *why)
+{
+	aud_decision ad = {0};
+	if (d) {
+		ad.outcome = pol_outcome_name(d->outcome);
+		ad.rule = decision_rule(d);
+		ad.policy_rev = d->revision;
+	}
+	char result[PROTO_MAX_ERROR_TEXT + 16];
+	snprintf(result, sizeof(result), "error: %s", why);
+	aud_event ev = {.type = type, .request_id = request_id, .actor = actor, .psc_id = psc_id,
+			.decision = d ? &ad : NULL, .result = result};
+	psc_err e;
+	(void)!kmsd_audit(k, &ev, &e);
+}
+
 static uint16_t hsm_error_reason(psc_rc rc)
 {
 	return rc == PSC_E_HSM_DOWN ? PSC_REASON_HSM_UNAVAILABLE : PSC_REASON_INTERNAL;
@@ -828,7 +847,10 @@ static void establish(req *r, const proto_establish_params *prm, establish_out *
 	c->refresh_s = refresh;
 	c->max_members = max;
 	c->now_ms = k->now_ms;
-	psc_rc rc = kmsd_apply(k, &create, &e);
+	psc_rc rc = kmsd_mark(k, &e);
+	bool marked = rc == PSC_OK;
+	if (rc == PSC_OK)
+		rc = kmsd_apply(k, &create, &e);
 	kms_cmd add = {.type = KMS_CMD_MEMBER_ADD};
 	memcpy(add.member_add.psc_id, o->psc_id, PSC_PSC_ID_LEN);
 	add.member_add.now_ms = k->now_ms;
@@ -859,6 +881,8 @@ static void establish(req *r, const proto_establish_params *prm, establish_out *
 	if (rc == PSC_OK)
 		rc = rekey(k, &created, PSC_REFRESH_ESTABLISH, 0, r->node, &o->ms, &o->w, &o->material,
 			   &epoch, &e);
+	if (marked)
+		kmsd_mark_end(k, rc == PSC_OK); /* no PSC without its first epoch */
 	if (rc != PSC_OK) {
 		o->rerr = PSC_RERR_IN_PROGRESS;
 		o->reason = hsm_error_reason(rc);
@@ -895,13 +919,18 @@ static psc_rc admit(kmsd *k, const kms_psc *p, const uint8_t node[16], member_se
 	memcpy(add.member_add.psc_id, p->psc_id, PSC_PSC_ID_LEN);
 	memcpy(add.member_add.node_id, node, PSC_NODE_ID_LEN);
 	add.member_add.now_ms = k->now_ms;
-	psc_rc rc = kmsd_apply(k, &add, err);
+	psc_rc rc = kmsd_mark(k, err);
+	if (rc != PSC_OK)
+		return rc;
+	rc = kmsd_apply(k, &add, err);
 	kms_psc now;
 	if (rc == PSC_OK)
 		rc = kms_store_psc_get(k->store, p->psc_id, &now, err);
 	if (rc == PSC_OK)
 		rc = rekey(k, &now, PSC_REFRESH_JOIN, k->cfg->timers.old_epoch_grace_ms, node, ams, aw,
 			   answer, epoch, err);
+	/* No member without the epoch made for it: it would hold the previous one. */
+	kmsd_mark_end(k, rc == PSC_OK);
 	return rc;
 }
 
@@ -921,6 +950,8 @@ static void finish_join(kmsd *k, const kmsd_origin *o, const uint8_t psc_id[16],
 	psc_rc rc = admit(k, &v.psc, o->node_id, &ms, &w, &mat, &epoch, &e);
 	if (rc != PSC_OK) {
 		error_origin(k, o, PSC_RERR_IN_PROGRESS, hsm_error_reason(rc), psc_err_text(&e));
+		aud_actor actor = {.node_id = o->node_id};
+		audit_failed(k, AUD_EV_PSC_JOIN, o->request_id, &actor, psc_id, d, psc_err_text(&e));
 	} else {
 		psc_body body = {.code = PSC_MSG_JOIN_ANS};
 		body.u.join_ans.material = mat;
@@ -1072,13 +1103,18 @@ static psc_rc remove_member(kmsd *k, const kms_psc *p, const uint8_t node[16], u
 	kms_cmd rm = {.type = KMS_CMD_MEMBER_REMOVE};
 	memcpy(rm.member_remove.psc_id, p->psc_id, PSC_PSC_ID_LEN);
 	memcpy(rm.member_remove.node_id, node, PSC_NODE_ID_LEN);
-	psc_rc rc = kmsd_apply(k, &rm, err);
+	psc_rc rc = kmsd_mark(k, err);
+	if (rc != PSC_OK)
+		return rc;
+	rc = kmsd_apply(k, &rm, err);
 	kms_psc now;
 	if (rc == PSC_OK)
 		rc = kms_store_psc_get(k->store, p->psc_id, &now, err);
 	*epoch = p->epoch;
 	if (rc == PSC_OK && now.n_members > 0)
 		rc = rekey(k, &now, reason, 0, NULL, NULL, NULL, NULL, epoch, err);
+	/* A removal stands only with the rekey that locks the member out. */
+	kmsd_mark_end(k, rc == PSC_OK);
 	return rc;
 }
 

@@ -160,6 +160,11 @@ psc_rc kmsd_queue_raw(kmsd *k, const uint8_t *rid, size_t rid_len, uint8_t *msg,
 	PSC_WUR;
 /* Apply one command to the open store transaction. */
 psc_rc kmsd_apply(kmsd *k, const kms_cmd *cmd, psc_err *err) PSC_WUR;
+/* One request's commands all-or-nothing inside the batch: kmsd_mark before the
+ * first, kmsd_mark_end(keep) after the last (keep = false undoes them all, e.g.
+ * a member added whose rekey then failed in the HSM). */
+psc_rc kmsd_mark(kmsd *k, psc_err *err) PSC_WUR;
+void kmsd_mark_end(kmsd *k, bool keep);
 /* Hands a rekey's fan-out to the batch: submitted to the HSM workers once the
  * batch is durable, dropped if it fails. Takes ownership. */
 void kmsd_fanout_stage(kmsd *k, kms_fanout *job);

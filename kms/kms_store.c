@@ -664,6 +664,38 @@ void kms_store_rollback(kms_store *s)
 	s->in_txn = false;
 }
 
+static psc_rc exec_in_txn(kms_store *s, const char *sql, psc_err *err)
+{
+	if (!s || !s->in_txn)
+		return psc_err_set(err, PSC_E_KMS_TXN, "state database: %s outside a batch", sql);
+	char *msg = NULL;
+	int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
+	if (rc != SQLITE_OK) {
+		psc_rc r = psc_err_set(err, map_sqlite(rc), "state database %s: %s: %s", s->path, sql,
+				       msg ? msg : sqlite3_errstr(rc));
+		sqlite3_free(msg);
+		return r;
+	}
+	return PSC_OK;
+}
+
+psc_rc kms_store_savepoint(kms_store *s, psc_err *err)
+{
+	return exec_in_txn(s, "SAVEPOINT request", err);
+}
+
+psc_rc kms_store_keep(kms_store *s, psc_err *err)
+{
+	return exec_in_txn(s, "RELEASE request", err);
+}
+
+void kms_store_undo(kms_store *s)
+{
+	psc_err e;
+	if (exec_in_txn(s, "ROLLBACK TO request", &e) == PSC_OK)
+		(void)!exec_in_txn(s, "RELEASE request", &e);
+}
+
 psc_rc kms_store_commit(kms_store *s, uint64_t audit_seq, psc_err *err)
 {
 	if (!s)

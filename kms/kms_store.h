@@ -70,6 +70,14 @@ psc_rc kms_store_apply(kms_store *s, const kms_cmd *cmd, psc_err *err) PSC_WUR;
 psc_rc kms_store_commit(kms_store *s, uint64_t audit_seq, psc_err *err) PSC_WUR;
 /* Discards the open batch; no-op without one. */
 void kms_store_rollback(kms_store *s);
+/*
+ * Inside an open batch: one request's commands all-or-nothing. A savepoint
+ * marks the state; kms_store_undo returns to it (the batch stays open),
+ * kms_store_keep forgets it. Marks nest.
+ */
+psc_rc kms_store_savepoint(kms_store *s, psc_err *err) PSC_WUR;
+psc_rc kms_store_keep(kms_store *s, psc_err *err) PSC_WUR;
+void kms_store_undo(kms_store *s);
 bool kms_store_in_txn(const kms_store *s);
 /* Last audit seq committed (0 for a new store). Sees the committed value only. */
 uint64_t kms_store_last_audit_seq(const kms_store *s);

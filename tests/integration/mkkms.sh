@@ -28,7 +28,7 @@ hsm:
   module: /usr/lib/softhsm/libsofthsm2.so
   token_label: psc-test
   pin_file: user.pin
-  workers: 1
+  workers: ${PSC_TEST_WORKERS:-2}
 identity:
   certificate: kms.crt.pem
 trust:
