@@ -371,6 +371,10 @@ static void fanout_done(kmsd *k, kms_fanout *j)
 	if (j->attempts)
 		LOG_INFO("Refreshes of PSC %s epoch %llu sent after %u retries", psc,
 			 (unsigned long long)j->epoch, j->attempts);
+	if (j->run_us + j->wait_us > 250000) /* worth an operator's attention */
+		LOG_INFO("Refreshes of PSC %s epoch %llu to %zu members: %.0f ms queued, %.0f ms "
+			 "in the HSM worker", psc, (unsigned long long)j->epoch, sent,
+			 (double)j->wait_us / 1e3, (double)j->run_us / 1e3);
 	kms_fanout_free(&j);
 }
 
@@ -585,9 +589,14 @@ static psc_rc reconcile(kmsd *k, psc_err *err)
 		LOG_WARN("audit records %llu..%llu were never committed to the state store: "
 			 "recording them as aborted", (unsigned long long)state_seq + 1,
 			 (unsigned long long)audit_seq);
+		uint64_t seq = audit_seq;
 		psc_rc rc = aud_log_append_aborted(k->audit, state_seq + 1, audit_seq, NULL, NULL, err);
 		if (rc == PSC_OK)
-			rc = aud_log_commit(k->audit, NULL, err);
+			rc = aud_log_commit(k->audit, &seq, err);
+		/* The state now covers the `aborted` record too: a kill right after this
+		 * must not have the next start call that record aborted. */
+		if (rc == PSC_OK && (rc = kms_store_begin(k->store, err)) == PSC_OK)
+			rc = kms_store_commit(k->store, seq, err);
 		return rc;
 	}
 	if (audit_seq < state_seq)
@@ -753,8 +762,9 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 			timeout = 0;
 		else if (next && next - k->now_ms < 1000)
 			timeout = (long)(next - k->now_ms);
+		bool paused = kms_pool_busy(k->pool) >= KMSD_POOL_BACKLOG;
 		zmq_pollitem_t items[] = {{kms_net_zap(k->net), 0, ZMQ_POLLIN, 0},
-					  {kms_net_router(k->net), 0, ZMQ_POLLIN, 0},
+					  {kms_net_router(k->net), 0, paused ? 0 : ZMQ_POLLIN, 0},
 					  {kms_admin_socket(k->admin), 0, ZMQ_POLLIN, 0},
 					  {kms_pool_socket(k->pool), 0, ZMQ_POLLIN, 0}};
 		if (zmq_poll(items, 4, timeout) < 0 && zmq_errno() != EINTR)
@@ -768,7 +778,8 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 		}
 		(void)refetch_keys(k, false);
 		fanout_poll(k);
-		for (int i = 0; i < KMSD_BATCH_MAX; i++) {
+		paused = kms_pool_busy(k->pool) >= KMSD_POOL_BACKLOG;
+		for (int i = 0; !paused && i < KMSD_BATCH_MAX; i++) {
 			kms_inbound in;
 			int got = 0;
 			if (kms_net_recv(k->net, &in, &got, k->now_ms) != PSC_OK || !got)

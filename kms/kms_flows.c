@@ -5,8 +5,9 @@
  * certificate (carried at Initialize, stored afterwards), transport key of the
  * connection, signature, freshness, replay. Then policy decides, the HSM
  * generates and wraps, commands change the state and records go to the audit
- * log, all inside the loop's open batch; answers and Refreshes are queued and
- * leave only once the batch is durable (kms_core.c).
+ * log, all inside the loop's open batch; answers are queued and leave only once
+ * the batch is durable (kms_core.c). A rekey's Refreshes to the other members
+ * are made by the HSM workers after that (kms_pool.h) and sent in a later batch.
  */
 #include <stdarg.h>
 #include <stdio.h>

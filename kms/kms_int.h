@@ -2,7 +2,8 @@
  * kms_int — the KMS daemon's internal state, shared by kms_core.c (setup, event
  * loop, batches, timers) and kms_flows.c (one handler per PSC message).
  *
- * Owns: the daemon context. Only the event-loop thread touches it.
+ * Owns: the daemon context. Only the event-loop thread touches it; the HSM
+ * workers (kms_pool.h) get copies of what a fan-out needs, never this.
  * Never: expose key material. Epoch secrets exist only as HSM session objects
  * (hsm_key handles) for the duration of one rekey or catch-up.
  */
@@ -33,6 +34,10 @@
 #define KMSD_MAX_BINDINGS 65536
 #define KMSD_MAX_PENDING 4096
 #define KMSD_BATCH_MAX 64 /* inbound messages handled per durability batch */
+/* Fan-outs waiting for or running on the HSM workers above which the loop stops
+ * reading requests (backpressure: answers must not run ahead of the Refreshes
+ * without bound). Counted in jobs, so one large rekey never pauses anyone. */
+#define KMSD_POOL_BACKLOG 16
 
 /* A peer currently connected: Node-ID <-> routing id + CURVE key. */
 typedef struct kmsd_binding {

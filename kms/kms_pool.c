@@ -188,6 +188,9 @@ static void *worker_main(void *arg)
 {
 	pool_worker *w = arg;
 	kms_pool *pool = w->pool;
+	char name[16];
+	snprintf(name, sizeof(name), "psc-hsm-%u", w->index);
+	(void)pthread_setname_np(pthread_self(), name); /* for top -H, perf, gdb */
 	void *push = zmq_socket(pool->zctx, ZMQ_PUSH);
 	int linger = 0;
 	if (push) {
@@ -213,6 +216,7 @@ static void *worker_main(void *arg)
 		pthread_mutex_unlock(&pool->lock);
 
 		uint64_t t0 = mono_us();
+		j->wait_us = t0 - j->queued_us;
 		hsm_session *hs = NULL;
 		j->rc = hsm_session_get(pool->hsm, w->index, &hs, &j->err);
 		if (j->rc == PSC_OK)
@@ -307,6 +311,7 @@ void kms_pool_submit(kms_pool *p, kms_fanout *j)
 {
 	j->next = NULL;
 	j->rc = PSC_OK;
+	j->queued_us = mono_us();
 	pthread_mutex_lock(&p->lock);
 	if (p->tail)
 		p->tail->next = j;

@@ -78,7 +78,9 @@ typedef struct kms_fanout {
 	/* out: set by the worker */
 	psc_rc rc;
 	psc_err err;
-	uint64_t run_us; /* time the worker spent on it */
+	uint64_t queued_us; /* monotonic: submitted */
+	uint64_t wait_us;   /* submitted -> a worker took it */
+	uint64_t run_us;    /* time the worker spent on it */
 	/* bookkeeping of the event loop */
 	unsigned attempts;
 	uint64_t retry_at_ms;
