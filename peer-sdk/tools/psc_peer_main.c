@@ -570,6 +570,7 @@ static void usage(FILE *f)
 			psc_cli_commands[i].args, psc_cli_commands[i].help);
 	fprintf(
 	    f,
+	    "    (PSC: a PSC ID, 32 hex digits, or the name of a PSC this peer holds)\n"
 	    "\nCONNECTION AND IDENTITY\n"
 	    "    --kms ENDPOINT      KMS ROUTER endpoint, e.g. tcp://kms.example:7400\n"
 	    "    --kms-cert PEM      KMS certificate; every KMS message must verify with it\n"
