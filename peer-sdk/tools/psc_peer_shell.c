@@ -312,9 +312,10 @@ int psc_cli_ask(opts *o, ask_kind kind, uint32_t timeout_ms)
 		while (in_take(o->in, line, sizeof(line))) {
 			char *w[3];
 			int n = split(line, w, 3, -1);
-			if (n <= 0 || w[0][0] == '#')
+			if (n == 0 || (n > 0 && w[0][0] == '#'))
 				continue;
-			int is_yes = strcmp(w[0], yes) == 0, is_no = strcmp(w[0], no) == 0;
+			int is_yes = n > 0 && strcmp(w[0], yes) == 0;
+			int is_no = n > 0 && strcmp(w[0], no) == 0;
 			if (is_yes || is_no) {
 				char *end = NULL;
 				unsigned long k = n > 1 ? strtoul(w[1], &end, 10) : num;
@@ -329,12 +330,13 @@ int psc_cli_ask(opts *o, ask_kind kind, uint32_t timeout_ms)
 				fflush(stdout);
 				return is_yes;
 			}
-			if (strcmp(w[0], "quit") == 0 || strcmp(w[0], "exit") == 0) {
+			/* n < 0: more than three words, not an answer either */
+			if (n > 0 && (strcmp(w[0], "quit") == 0 || strcmp(w[0], "exit") == 0)) {
 				o->quit = 1;
 				printf("%s %u: %s (quitting)\n", what, num, done_no);
 				return 0;
 			}
-			if (strcmp(w[0], "list") == 0) {
+			if (n > 0 && strcmp(w[0], "list") == 0) {
 				psc_cli_print_pscs(o->peer);
 				continue;
 			}
