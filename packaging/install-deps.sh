@@ -10,6 +10,7 @@ pkgs=(
 	libzmq3-dev libyaml-dev libcmocka-dev libsqlite3-dev sqlite3
 	tzdata procps tshark
 	dpkg-dev systemd shellcheck
+	gnuplot-nox
 )
 missing=()
 for p in "${pkgs[@]}"; do

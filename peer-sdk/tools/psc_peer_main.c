@@ -16,59 +16,24 @@
 #include <time.h>
 
 #include "psc/peer.h"
-
-/* Exit codes (documented in --help). */
-enum {
-	EX_OK = 0,	/* done; for invite/report the outcome is printed */
-	EX_REFUSED = 1, /* the KMS refused (ErrorResponse) */
-	EX_USAGE = 2,	/* bad command line */
-	EX_CONFIG = 3,	/* certificate, key, KMS certificate or CURVE key unusable */
-	EX_UNREACH = 4, /* KMS did not answer in time / transport failure */
-	EX_FAIL = 5,	/* anything else (malformed answer, key does not unwrap, ...) */
-};
-
-#define MAX_LIST 64
-
-typedef struct opts {
-	const char *kms, *kms_cert, *kms_curve, *cert, *key, *overlay, *endpoint;
-	int timeout_ms, decision_timeout_ms;
-	int wait_s;
-	int accept_queries, accept_invites, quiet;
-	const char *join;      /* init --join */
-	const char *establish; /* init --establish NAME */
-	psc_peer_label labels[MAX_LIST];
-	size_t n_labels;
-	uint8_t members[MAX_LIST][PSC_PEER_ID_LEN];
-	size_t n_members;
-	uint32_t refresh_s, max_members;
-	int sender_sigs;
-} opts;
-
-typedef struct command {
-	const char *name;
-	const char *args; /* for usage */
-	int min_args, max_args;
-	unsigned id_args; /* bit i: argument i must be a 32-hex-digit ID (checked first) */
-	int (*run)(psc_peer *p, opts *o, char **argv, int argc);
-	const char *help;
-} command;
+#include "psc_peer_cli.h"
 
 /* The one global: a signal handler can reach nothing else. */
-static volatile sig_atomic_t g_stop;
+volatile sig_atomic_t psc_cli_stop;
 
 static void on_signal(int sig)
 {
 	(void)sig;
-	g_stop = 1;
+	psc_cli_stop = 1;
 }
 
-static const char *hex(const uint8_t id[PSC_PEER_ID_LEN], char buf[33])
+const char *psc_cli_hex(const uint8_t id[PSC_PEER_ID_LEN], char buf[33])
 {
 	psc_peer_id_hex(id, buf);
 	return buf;
 }
 
-static int exit_for(psc_rc rc)
+int psc_cli_exit_for(psc_rc rc)
 {
 	switch (rc) {
 	case PSC_OK:
@@ -92,10 +57,10 @@ static int exit_for(psc_rc rc)
 	}
 }
 
-static int fail(const psc_err *err)
+int psc_cli_fail(const psc_err *err)
 {
 	fprintf(stderr, "psc-peer: %s\n", psc_err_text(err));
-	return exit_for(err->rc);
+	return psc_cli_exit_for(err->rc);
 }
 
 static int parse_id(const char *s, const char *what, uint8_t out[PSC_PEER_ID_LEN])
@@ -115,7 +80,7 @@ static void cb_epoch(void *user, const uint8_t id[PSC_PEER_ID_LEN], uint64_t epo
 	const opts *o = user;
 	char h[33];
 	if (!o->quiet)
-		printf("epoch  PSC %s now at epoch %" PRIu64 " (%s)\n", hex(id, h), epoch,
+		printf("epoch  PSC %s now at epoch %" PRIu64 " (%s)\n", psc_cli_hex(id, h), epoch,
 		       psc_peer_reason_name(reason));
 }
 
@@ -124,25 +89,47 @@ static void cb_gone(void *user, const uint8_t id[PSC_PEER_ID_LEN], uint64_t epoc
 {
 	(void)user;
 	char h[33];
-	printf("gone   PSC %s (%s at epoch %" PRIu64 "); its keys are wiped\n", hex(id, h),
+	printf("gone   PSC %s (%s at epoch %" PRIu64 "); its keys are wiped\n", psc_cli_hex(id, h),
 	       psc_peer_reason_name(reason), epoch);
+}
+
+/* The name of a PSC held, for messages ("" if unknown). */
+static const char *psc_name(const opts *o, const uint8_t id[PSC_PEER_ID_LEN], psc_peer_psc_info *in)
+{
+	if (o->peer && psc_peer_psc_get(o->peer, id, in) == PSC_OK)
+		return in->name;
+	return "";
 }
 
 static int cb_query(void *user, const psc_peer_query *q)
 {
-	const opts *o = user;
+	opts *o = user;
 	char h1[33], h2[33];
-	printf("query  %s (%s) asks to join PSC %s: %s\n", hex(q->requester, h1),
-	       q->requester_subject, hex(q->psc_id, h2), o->accept_queries ? "accepted" : "denied");
+	if (o->shell) {
+		psc_peer_psc_info in;
+		printf("query %u: %s (%s) asks to join PSC %s '%s'\n", ++o->n_asked,
+		       psc_cli_hex(q->requester, h1), q->requester_subject,
+		       psc_cli_hex(q->psc_id, h2), psc_name(o, q->psc_id, &in));
+		return psc_cli_ask(o, ASK_QUERY, q->timeout_ms);
+	}
+	printf("query  %s (%s) asks to join PSC %s: %s\n", psc_cli_hex(q->requester, h1),
+	       q->requester_subject, psc_cli_hex(q->psc_id, h2),
+	       o->accept_queries ? "accepted" : "denied");
 	return o->accept_queries;
 }
 
 static int cb_invite(void *user, const psc_peer_invitation *inv)
 {
-	const opts *o = user;
+	opts *o = user;
 	char h1[33], h2[33];
-	printf("invite %s invites us to PSC %s '%s': %s\n", hex(inv->inviter, h1),
-	       hex(inv->psc_id, h2), inv->psc_name, o->accept_invites ? "accepted" : "declined");
+	if (o->shell) {
+		printf("invitation %u: %s invites us to PSC %s '%s'\n", ++o->n_asked,
+		       psc_cli_hex(inv->inviter, h1), psc_cli_hex(inv->psc_id, h2), inv->psc_name);
+		return psc_cli_ask(o, ASK_INVITE, inv->timeout_ms);
+	}
+	printf("invite %s invites us to PSC %s '%s': %s\n", psc_cli_hex(inv->inviter, h1),
+	       psc_cli_hex(inv->psc_id, h2), inv->psc_name,
+	       o->accept_invites ? "accepted" : "declined");
 	return o->accept_invites;
 }
 
@@ -161,7 +148,7 @@ static void cb_reconnect(void *user)
 
 /* --- printing ------------------------------------------------------------ */
 
-static void print_pscs(const psc_peer *p)
+void psc_cli_print_pscs(const psc_peer *p)
 {
 	size_t n = psc_peer_psc_count(p);
 	if (n == 0) {
@@ -173,8 +160,9 @@ static void print_pscs(const psc_peer *p)
 		char h1[33], h2[33];
 		if (psc_peer_psc_at(p, i, &in) != PSC_OK)
 			continue;
-		printf("PSC %s '%s'\n  owner   %s%s\n  epoch   %" PRIu64, hex(in.psc_id, h1),
-		       in.name, hex(in.owner, h2), in.is_owner ? " (this peer)" : "", in.epoch);
+		printf("PSC %s '%s'\n  owner   %s%s\n  epoch   %" PRIu64,
+		       psc_cli_hex(in.psc_id, h1), in.name, psc_cli_hex(in.owner, h2),
+		       in.is_owner ? " (this peer)" : "", in.epoch);
 		if (in.previous_epoch)
 			printf(" (previous %" PRIu64 " valid for its grace period)",
 			       in.previous_epoch);
@@ -183,13 +171,32 @@ static void print_pscs(const psc_peer *p)
 		for (size_t j = 0; j < in.n_members; j++) {
 			psc_peer_member m;
 			if (psc_peer_psc_member(p, in.psc_id, j, &m) == PSC_OK)
-				printf("    %s %s\n", hex(m.node_id, h1),
+				printf("    %s %s\n", psc_cli_hex(m.node_id, h1),
 				       m.endpoint[0] ? m.endpoint : "-");
 		}
 	}
 }
 
 /* --- commands ------------------------------------------------------------ */
+
+/* A PSC argument: 32 hex digits, or the name of a PSC this peer holds. */
+static int psc_arg(const psc_peer *p, const char *s, uint8_t out[PSC_PEER_ID_LEN])
+{
+	if (psc_peer_id_parse(s, out) == PSC_OK)
+		return 0;
+	for (size_t i = 0, n = psc_peer_psc_count(p); i < n; i++) {
+		psc_peer_psc_info in;
+		if (psc_peer_psc_at(p, i, &in) == PSC_OK && strcmp(in.name, s) == 0) {
+			memcpy(out, in.psc_id, PSC_PEER_ID_LEN);
+			return 0;
+		}
+	}
+	fprintf(stderr,
+		"psc-peer: PSC '%s' is neither a PSC ID (32 hex digits) nor the name of a PSC "
+		"this peer holds\n",
+		s);
+	return -1;
+}
 
 static psc_peer_establish_params establish_params(opts *o, const char *name)
 {
@@ -212,7 +219,7 @@ static void print_outcome(const char *what, const psc_peer_outcome *oc)
 	if (!oc->requested)
 		return;
 	if (oc->status == 0)
-		printf("%s: ok, PSC %s\n", what, hex(oc->psc_id, h));
+		printf("%s: ok, PSC %s\n", what, psc_cli_hex(oc->psc_id, h));
 	else
 		printf("%s: refused (RELOAD error %u)%s%s\n", what, oc->status,
 		       oc->info[0] ? ": " : "", oc->info);
@@ -225,24 +232,38 @@ static int cmd_init(psc_peer *p, opts *o, char **argv, int argc)
 	(void)o;
 	(void)argv;
 	(void)argc;
-	print_pscs(p);
+	psc_cli_print_pscs(p);
 	return EX_OK;
 }
 
 static int cmd_establish(psc_peer *p, opts *o, char **argv, int argc)
 {
-	(void)argc;
+	/* Members named after NAME come on top of the --member options. */
+	uint8_t members[2 * MAX_LIST][PSC_PEER_ID_LEN];
+	size_t n_members = o->n_members;
+	memcpy(members, o->members, n_members * PSC_PEER_ID_LEN);
+	for (int i = 1; i < argc; i++) {
+		if (n_members == 2 * MAX_LIST) {
+			fprintf(stderr, "psc-peer: at most %d initial members\n", 2 * MAX_LIST);
+			return EX_USAGE;
+		}
+		if (parse_id(argv[i], "member Node-ID", members[n_members]))
+			return EX_USAGE;
+		n_members++;
+	}
 	psc_peer_establish_params ep = establish_params(o, argv[0]);
+	ep.members = (const uint8_t(*)[PSC_PEER_ID_LEN])members;
+	ep.n_members = n_members;
 	uint8_t id[PSC_PEER_ID_LEN];
 	uint64_t epoch = 0;
 	size_t pending = 0;
 	psc_err err = {0};
 	if (psc_peer_establish(p, &ep, id, &epoch, &pending, &err) != PSC_OK)
-		return fail(&err);
+		return psc_cli_fail(&err);
 	char h[33];
 	printf("established PSC '%s'\n  id      %s\n  epoch   %" PRIu64 "\n  pending %zu member(s) "
 	       "not registered yet\n",
-	       argv[0], hex(id, h), epoch, pending);
+	       argv[0], psc_cli_hex(id, h), epoch, pending);
 	return EX_OK;
 }
 
@@ -256,14 +277,14 @@ static int cmd_join(psc_peer *p, opts *o, char **argv, int argc)
 		/* Not an ID: treat it as a name and look it up first. */
 		psc_peer_lookup_result lr;
 		if (psc_peer_lookup(p, argv[0], &lr, &err) != PSC_OK)
-			return fail(&err);
+			return psc_cli_fail(&err);
 		memcpy(id, lr.psc_id, PSC_PEER_ID_LEN);
 	}
 	uint64_t epoch = 0;
 	if (psc_peer_join(p, id, &epoch, &err) != PSC_OK)
-		return fail(&err);
+		return psc_cli_fail(&err);
 	char h[33];
-	printf("joined PSC %s at epoch %" PRIu64 "\n", hex(id, h), epoch);
+	printf("joined PSC %s at epoch %" PRIu64 "\n", psc_cli_hex(id, h), epoch);
 	return EX_OK;
 }
 
@@ -274,10 +295,10 @@ static int cmd_lookup(psc_peer *p, opts *o, char **argv, int argc)
 	psc_peer_lookup_result lr;
 	psc_err err = {0};
 	if (psc_peer_lookup(p, argv[0], &lr, &err) != PSC_OK)
-		return fail(&err);
+		return psc_cli_fail(&err);
 	char h1[33], h2[33];
 	printf("PSC '%s'\n  id      %s\n  owner   %s\n  members %" PRIu32 "\n", argv[0],
-	       hex(lr.psc_id, h1), hex(lr.owner, h2), lr.member_count);
+	       psc_cli_hex(lr.psc_id, h1), psc_cli_hex(lr.owner, h2), lr.member_count);
 	return EX_OK;
 }
 
@@ -286,13 +307,13 @@ static int cmd_invite(psc_peer *p, opts *o, char **argv, int argc)
 	(void)o;
 	(void)argc;
 	uint8_t id[PSC_PEER_ID_LEN], who[PSC_PEER_ID_LEN];
-	if (parse_id(argv[0], "PSC ID", id) || parse_id(argv[1], "Node-ID", who))
+	if (psc_arg(p, argv[0], id) || parse_id(argv[1], "Node-ID", who))
 		return EX_USAGE;
 	psc_peer_invite_outcome oc;
 	uint64_t epoch = 0;
 	psc_err err = {0};
 	if (psc_peer_invite(p, id, who, &oc, &epoch, &err) != PSC_OK)
-		return fail(&err);
+		return psc_cli_fail(&err);
 	static const char *const names[] = {"?", "accepted", "declined", "timed out",
 					    "unreachable"};
 	printf("invitation %s", oc >= 1 && oc <= 4 ? names[oc] : "?");
@@ -308,11 +329,12 @@ static int cmd_leave(psc_peer *p, opts *o, char **argv, int argc)
 	(void)argc;
 	uint8_t id[PSC_PEER_ID_LEN];
 	psc_err err = {0};
-	if (parse_id(argv[0], "PSC ID", id))
+	if (psc_arg(p, argv[0], id))
 		return EX_USAGE;
 	if (psc_peer_leave(p, id, &err) != PSC_OK)
-		return fail(&err);
-	printf("left PSC %s\n", argv[0]);
+		return psc_cli_fail(&err);
+	char h[33];
+	printf("left PSC %s\n", psc_cli_hex(id, h));
 	return EX_OK;
 }
 
@@ -321,12 +343,12 @@ static int cmd_report(psc_peer *p, opts *o, char **argv, int argc)
 	(void)o;
 	(void)argc;
 	uint8_t id[PSC_PEER_ID_LEN], who[PSC_PEER_ID_LEN];
-	if (parse_id(argv[0], "PSC ID", id) || parse_id(argv[1], "Node-ID", who))
+	if (psc_arg(p, argv[0], id) || parse_id(argv[1], "Node-ID", who))
 		return EX_USAGE;
 	psc_peer_departure_outcome oc;
 	psc_err err = {0};
 	if (psc_peer_report_departure(p, id, who, &oc, &err) != PSC_OK)
-		return fail(&err);
+		return psc_cli_fail(&err);
 	printf("%s\n", oc == PSC_PEER_DEPARTURE_ALIVE ? "suspect is alive; nothing changed"
 		       : oc == PSC_PEER_DEPARTURE_EVICTED
 			   ? "suspect did not answer: evicted, PSC rekeyed"
@@ -340,11 +362,12 @@ static int cmd_destroy(psc_peer *p, opts *o, char **argv, int argc)
 	(void)argc;
 	uint8_t id[PSC_PEER_ID_LEN];
 	psc_err err = {0};
-	if (parse_id(argv[0], "PSC ID", id))
+	if (psc_arg(p, argv[0], id))
 		return EX_USAGE;
 	if (psc_peer_destroy(p, id, &err) != PSC_OK)
-		return fail(&err);
-	printf("destroyed PSC %s\n", argv[0]);
+		return psc_cli_fail(&err);
+	char h[33];
+	printf("destroyed PSC %s\n", psc_cli_hex(id, h));
 	return EX_OK;
 }
 
@@ -356,10 +379,10 @@ static int cmd_catchup(psc_peer *p, opts *o, char **argv, int argc)
 	psc_peer_catchup_result r;
 	psc_err err = {0};
 	if (psc_peer_catchup(p, &r, &err) != PSC_OK)
-		return fail(&err);
+		return psc_cli_fail(&err);
 	printf("catch-up: %zu updated, %zu current, %zu gone, %zu failed\n", r.updated, r.current,
 	       r.gone, r.failed);
-	print_pscs(p);
+	psc_cli_print_pscs(p);
 	return r.failed ? EX_FAIL : EX_OK;
 }
 
@@ -377,22 +400,21 @@ static int pump(psc_peer_chan *c, int ms)
 		clock_gettime(CLOCK_MONOTONIC, &t);
 		long left =
 		    ms - ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
-		if (g_stop || left <= 0)
+		if (psc_cli_stop || left <= 0)
 			return EX_OK;
 		int n = psc_peer_chan_process(c, left > 200 ? 200 : (int)left);
 		if (n < 0) {
 			fprintf(stderr, "psc-peer: %s\n", psc_strerror((psc_rc)n));
-			return exit_for((psc_rc)n);
+			return psc_cli_exit_for((psc_rc)n);
 		}
 	}
 }
 
-static void on_group_message(void *user, const psc_peer_msg_info *info, const uint8_t *data,
-			     size_t len)
+void psc_cli_on_message(void *user, const psc_peer_msg_info *info, const uint8_t *data, size_t len)
 {
 	(void)user;
 	char h[33];
-	printf("from %s (%s): ", hex(info->sender, h),
+	printf("from %s (%s): ", psc_cli_hex(info->sender, h),
 	       info->sender_verified ? "verified" : "claimed");
 	for (size_t i = 0; i < len; i++) {
 		/* Untrusted text for a terminal: control characters replaced. */
@@ -403,31 +425,53 @@ static void on_group_message(void *user, const psc_peer_msg_info *info, const ui
 	fflush(stdout);
 }
 
+psc_peer_chan_config psc_cli_chan_config(opts *o, psc_peer_msg_config *mc)
+{
+	memset(mc, 0, sizeof(*mc));
+	mc->sender_cert = o->certs ? psc_cli_certs_lookup : NULL;
+	mc->user = o->certs;
+	psc_peer_chan_config cc = {.on_message = psc_cli_on_message, .user = o, .msg = mc};
+	return cc;
+}
+
+static int send_text(psc_peer_chan *c, const uint8_t id[PSC_PEER_ID_LEN], const char *text)
+{
+	if (!c) {
+		fprintf(stderr, "psc-peer: send needs --endpoint (the data endpoint this peer "
+				"registers and publishes on)\n");
+		return EX_USAGE;
+	}
+	size_t len = strlen(text);
+	psc_err err = {0};
+	if (psc_peer_send(c, id, (const uint8_t *)text, len, &err) != PSC_OK)
+		return psc_cli_fail(&err);
+	psc_peer_chan_stats st;
+	psc_peer_chan_stats_get(c, &st);
+	char h[33];
+	printf("sent %zu byte(s) to PSC %s (%zu member endpoint(s) known)\n", len,
+	       psc_cli_hex(id, h), st.connections);
+	return EX_OK;
+}
+
 static int cmd_send(psc_peer *p, opts *o, char **argv, int argc)
 {
 	(void)o;
 	(void)argc;
 	uint8_t id[PSC_PEER_ID_LEN];
-	if (psc_peer_id_parse(argv[0], id) != PSC_OK)
+	if (psc_arg(p, argv[0], id))
 		return EX_USAGE;
-	psc_peer_chan_config cc = {0};
-	psc_peer_chan *c = NULL;
 	psc_err err = {0};
+	if (o->shell)
+		return send_text(o->chan, id, argv[1]);
+	psc_peer_msg_config mc;
+	psc_peer_chan_config cc = psc_cli_chan_config(o, &mc);
+	cc.on_message = NULL;
+	psc_peer_chan *c = NULL;
 	if (psc_peer_chan_new(&c, p, &cc, &err) != PSC_OK)
-		return fail(&err);
+		return psc_cli_fail(&err);
 	int rc = pump(c, SEND_SETTLE_MS);
-	if (rc == EX_OK) {
-		size_t len = strlen(argv[1]);
-		if (psc_peer_send(c, id, (const uint8_t *)argv[1], len, &err) != PSC_OK) {
-			rc = fail(&err);
-		} else {
-			psc_peer_chan_stats st;
-			psc_peer_chan_stats_get(c, &st);
-			char h[33];
-			printf("sent %zu byte(s) to PSC %s (%zu member endpoint(s) known)\n", len,
-			       hex(id, h), st.connections);
-		}
-	}
+	if (rc == EX_OK)
+		rc = send_text(c, id, argv[1]);
 	psc_peer_chan_free(&c); /* lingers until the frame left */
 	return rc;
 }
@@ -436,11 +480,12 @@ static int cmd_listen(psc_peer *p, opts *o, char **argv, int argc)
 {
 	(void)argv;
 	(void)argc;
-	psc_peer_chan_config cc = {.on_message = on_group_message, .user = o};
+	psc_peer_msg_config mc;
+	psc_peer_chan_config cc = psc_cli_chan_config(o, &mc);
 	psc_peer_chan *c = NULL;
 	psc_err err = {0};
 	if (psc_peer_chan_new(&c, p, &cc, &err) != PSC_OK)
-		return fail(&err);
+		return psc_cli_fail(&err);
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
@@ -461,31 +506,50 @@ static int cmd_listen(psc_peer *p, opts *o, char **argv, int argc)
 	return rc;
 }
 
-static const command commands[] = {
+static int cmd_shell(psc_peer *p, opts *o, char **argv, int argc)
+{
+	(void)argv;
+	(void)argc;
+	return psc_cli_shell(p, o);
+}
+
+/* in_shell: 1 = also a shell command, 2 = and its last argument takes the
+ * rest of the line there (a message's text need not be quoted). */
+const command psc_cli_commands[] = {
     {"init", "", 0, 0, 0, cmd_init,
      "Register with the KMS (optionally --join ID and/or --establish NAME in the\n"
-     "        same round trip) and list the PSCs held."},
-    {"establish", "NAME", 1, 1, 0, cmd_establish,
-     "Create a PSC owned by this peer (--label, --member, --refresh,\n"
-     "        --max-members, --sender-signatures)."},
+     "        same round trip) and list the PSCs held.",
+     0},
+    {"shell", "", 0, 0, 0, cmd_shell,
+     "One session: read commands from stdin (a terminal or a pipe), print events\n"
+     "        as they arrive (epochs, PSCs gone, group messages with their sender,\n"
+     "        queries and invitations) and answer questions from the KMS at the\n"
+     "        prompt ('allow N'/'deny N', 'accept N'/'decline N'). Type 'help' in it.",
+     0},
+    {"establish", "NAME [MEMBER-NODE-ID...]", 1, MAX_LIST + 1, 0, cmd_establish,
+     "Create a PSC owned by this peer (initial members also from --member;\n"
+     "        --label, --refresh, --max-members, --sender-signatures).",
+     1},
     {"join", "PSC-ID|NAME", 1, 1, 0, cmd_join,
-     "Join a PSC (a NAME is looked up first); the KMS may ask its owner."},
-    {"lookup", "NAME", 1, 1, 0, cmd_lookup, "PSC ID, owner and member count of a PSC by name."},
-    {"invite", "PSC-ID NODE-ID", 2, 2, 3, cmd_invite,
-     "Owner: invite a registered peer; prints its decision."},
-    {"leave", "PSC-ID", 1, 1, 1, cmd_leave, "Leave a PSC (an owner destroys instead)."},
-    {"report", "PSC-ID NODE-ID", 2, 2, 3, cmd_report,
-     "Report a member as departed; the KMS checks its liveness."},
-    {"destroy", "PSC-ID", 1, 1, 1, cmd_destroy, "Owner: destroy a PSC."},
-    {"catchup", "", 0, 0, 0, cmd_catchup, "Fetch the current epoch of every PSC held."},
-    {"send", "PSC-ID TEXT", 2, 2, 1, cmd_send,
+     "Join a PSC (a NAME is looked up first); the KMS may ask its owner.", 1},
+    {"lookup", "NAME", 1, 1, 0, cmd_lookup, "PSC ID, owner and member count of a PSC by name.", 1},
+    {"invite", "PSC NODE-ID", 2, 2, 2, cmd_invite,
+     "Owner: invite a registered peer; prints its decision.", 1},
+    {"leave", "PSC", 1, 1, 0, cmd_leave, "Leave a PSC (an owner destroys instead).", 1},
+    {"report", "PSC NODE-ID", 2, 2, 2, cmd_report,
+     "Report a member as departed; the KMS checks its liveness.", 1},
+    {"destroy", "PSC", 1, 1, 0, cmd_destroy, "Owner: destroy a PSC.", 1},
+    {"catchup", "", 0, 0, 0, cmd_catchup, "Fetch the current epoch of every PSC held.", 1},
+    {"send", "PSC TEXT", 2, 2, 0, cmd_send,
      "Seal TEXT for the members of a PSC and publish it on the group channel\n"
-     "        (needs --endpoint: the data endpoint this peer registered)."},
+     "        (needs --endpoint: the data endpoint this peer registered).",
+     2},
     {"listen", "", 0, 0, 0, cmd_listen,
      "Print group messages of every PSC held, as \"from NODE-ID (claimed|verified):\n"
-     "        TEXT\", for --wait SECONDS (default: until Ctrl-C; needs --endpoint)."},
+     "        TEXT\", for --wait SECONDS (default: until Ctrl-C; needs --endpoint).",
+     0},
 };
-#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+const size_t psc_cli_n_commands = sizeof(psc_cli_commands) / sizeof(psc_cli_commands[0]);
 
 static void usage(FILE *f)
 {
@@ -501,11 +565,12 @@ static void usage(FILE *f)
 	    "    Every KMS message must be signed by the --kms-cert key; Refreshes,\n"
 	    "    Queries, Invites and Liveness checks that arrive meanwhile are handled.\n\n"
 	    "COMMANDS\n");
-	for (size_t i = 0; i < N_COMMANDS; i++)
-		fprintf(f, "    %s %s\n        %s\n", commands[i].name, commands[i].args,
-			commands[i].help);
+	for (size_t i = 0; i < psc_cli_n_commands; i++)
+		fprintf(f, "    %s %s\n        %s\n", psc_cli_commands[i].name,
+			psc_cli_commands[i].args, psc_cli_commands[i].help);
 	fprintf(
 	    f,
+	    "    (PSC: a PSC ID, 32 hex digits, or the name of a PSC this peer holds)\n"
 	    "\nCONNECTION AND IDENTITY\n"
 	    "    --kms ENDPOINT      KMS ROUTER endpoint, e.g. tcp://kms.example:7400\n"
 	    "    --kms-cert PEM      KMS certificate; every KMS message must verify with it\n"
@@ -526,6 +591,14 @@ static void usage(FILE *f)
 	    "    --refresh SECONDS   establish: requested refresh interval (0 = policy)\n"
 	    "    --max-members N     establish: requested member cap (0 = policy)\n"
 	    "    --sender-signatures establish: group messages must be signed by senders\n\n"
+	    "GROUP MESSAGES\n"
+	    "    --member-cert PATH  certificates of other members (a PEM file with one or\n"
+	    "                        more, or a directory of *.pem/*.crt files; repeatable),\n"
+	    "                        to verify messages of PSCs with sender signatures.\n"
+	    "                        The KMS does not distribute member certificates:\n"
+	    "                        without one, such a member's messages are dropped.\n"
+	    "    --member-ca PEM     each --member-cert must chain to this CA bundle and be\n"
+	    "                        valid now (revocation is not checked)\n\n"
 	    "AFTER THE COMMAND\n"
 	    "    --wait SECONDS      keep answering the KMS (Refresh, Query, Invite,\n"
 	    "                        Liveness) for this long; Ctrl-C stops\n"
@@ -582,6 +655,8 @@ enum {
 	O_MAX_MEMBERS,
 	O_SENDER_SIGS,
 	O_DECISION_TIMEOUT,
+	O_MEMBER_CERT,
+	O_MEMBER_CA,
 };
 
 static const struct option long_opts[] = {
@@ -604,6 +679,8 @@ static const struct option long_opts[] = {
     {"refresh", required_argument, NULL, O_REFRESH},
     {"max-members", required_argument, NULL, O_MAX_MEMBERS},
     {"sender-signatures", no_argument, NULL, O_SENDER_SIGS},
+    {"member-cert", required_argument, NULL, O_MEMBER_CERT},
+    {"member-ca", required_argument, NULL, O_MEMBER_CA},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
@@ -700,6 +777,19 @@ static int parse_opts(int argc, char **argv, opts *o)
 		case O_SENDER_SIGS:
 			o->sender_sigs = 1;
 			break;
+		case O_MEMBER_CERT:
+			if (o->n_member_cert_paths >= MAX_CERT_PATHS) {
+				fprintf(stderr,
+					"psc-peer: at most %d --member-cert options (a "
+					"directory holds any number)\n",
+					MAX_CERT_PATHS);
+				return -1;
+			}
+			o->member_cert_paths[o->n_member_cert_paths++] = optarg;
+			break;
+		case O_MEMBER_CA:
+			o->member_ca = optarg;
+			break;
 		case 'q':
 			o->quiet = 1;
 			break;
@@ -725,18 +815,21 @@ static int wait_events(psc_peer *p, int seconds)
 		clock_gettime(CLOCK_MONOTONIC, &t);
 		long left = (long)seconds * 1000 -
 			    ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000);
-		if (g_stop || left <= 0)
+		if (psc_cli_stop || left <= 0)
 			return EX_OK;
 		int n = psc_peer_process(p, left > 500 ? 500 : (int)left);
 		if (n < 0) {
 			fprintf(stderr, "psc-peer: %s\n", psc_strerror((psc_rc)n));
-			return exit_for((psc_rc)n);
+			return psc_cli_exit_for((psc_rc)n);
 		}
 	}
 }
 
 int main(int argc, char **argv)
 {
+	/* Line by line even into a pipe: events (epochs, queries, messages) must
+	 * show when they happen, in order with what a script sends. */
+	setvbuf(stdout, NULL, _IOLBF, 0);
 	opts o;
 	memset(&o, 0, sizeof(o));
 	int r = parse_opts(argc, argv, &o);
@@ -752,9 +845,9 @@ int main(int argc, char **argv)
 	}
 	const char *name = argv[optind];
 	const command *cmd = NULL;
-	for (size_t i = 0; i < N_COMMANDS; i++)
-		if (strcmp(commands[i].name, name) == 0)
-			cmd = &commands[i];
+	for (size_t i = 0; i < psc_cli_n_commands; i++)
+		if (strcmp(psc_cli_commands[i].name, name) == 0)
+			cmd = &psc_cli_commands[i];
 	int nargs = argc - optind - 1;
 	if (!cmd) {
 		fprintf(stderr, "psc-peer: unknown command '%s'. Try 'psc-peer --help'.\n", name);
@@ -765,8 +858,14 @@ int main(int argc, char **argv)
 			cmd->args);
 		return EX_USAGE;
 	}
-	if ((o.join || o.establish) && strcmp(cmd->name, "init") != 0) {
-		fprintf(stderr, "psc-peer: --join and --establish belong to 'init'\n");
+	if ((o.join || o.establish) && strcmp(cmd->name, "init") != 0 &&
+	    strcmp(cmd->name, "shell") != 0) {
+		fprintf(stderr, "psc-peer: --join and --establish belong to 'init' and 'shell'\n");
+		return EX_USAGE;
+	}
+	if (o.member_ca && o.n_member_cert_paths == 0) {
+		fprintf(stderr, "psc-peer: --member-ca checks --member-cert certificates; none "
+				"given\n");
 		return EX_USAGE;
 	}
 	const char *missing = !o.kms	    ? "--kms"
@@ -788,6 +887,10 @@ int main(int argc, char **argv)
 	uint8_t join_id[PSC_PEER_ID_LEN];
 	if (o.join && parse_id(o.join, "--join PSC ID", join_id))
 		return EX_USAGE;
+	if (o.n_member_cert_paths &&
+	    psc_cli_certs_load(&o.certs, o.member_cert_paths, o.n_member_cert_paths, o.overlay,
+			       o.member_ca) != 0)
+		return EX_CONFIG;
 
 	psc_peer_callbacks cb = {
 	    .on_epoch = cb_epoch,
@@ -813,8 +916,11 @@ int main(int argc, char **argv)
 	};
 	psc_peer *p = NULL;
 	psc_err err = {0};
-	if (psc_peer_new(&p, &cfg, &err) != PSC_OK)
-		return fail(&err);
+	if (psc_peer_new(&p, &cfg, &err) != PSC_OK) {
+		psc_cli_certs_free(&o.certs);
+		return psc_cli_fail(&err);
+	}
+	o.peer = p;
 
 	psc_peer_establish_params ep = establish_params(&o, o.establish);
 	psc_peer_init_options io = {.join_psc = o.join ? join_id : NULL,
@@ -822,7 +928,7 @@ int main(int argc, char **argv)
 	psc_peer_init_result ir;
 	int rc;
 	if (psc_peer_initialize(p, &io, &ir, &err) != PSC_OK) {
-		rc = fail(&err);
+		rc = psc_cli_fail(&err);
 	} else {
 		char h[33];
 		uint8_t me[PSC_PEER_ID_LEN];
@@ -830,7 +936,7 @@ int main(int argc, char **argv)
 		if (!o.quiet)
 			printf("registered as %s (KMS clock %+" PRId64
 			       " ms from ours, %zu PSC(s))\n",
-			       hex(me, h), ir.clock_skew_ms, ir.n_memberships);
+			       psc_cli_hex(me, h), ir.clock_skew_ms, ir.n_memberships);
 		print_outcome("join", &ir.join);
 		print_outcome("establish", &ir.establish);
 		rc = cmd->run(p, &o, argv + optind + 1, nargs);
@@ -841,5 +947,6 @@ int main(int argc, char **argv)
 			rc = wait_events(p, o.wait_s);
 	}
 	psc_peer_free(&p);
+	psc_cli_certs_free(&o.certs);
 	return rc;
 }
