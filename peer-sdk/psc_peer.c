@@ -17,6 +17,7 @@
 
 #include "proto_cert.h"
 #include "proto_keywrap.h"
+#include "psc_p11key.h"
 #include "psc_peer_int.h"
 
 static char *dup_str(const char *s)
@@ -53,6 +54,21 @@ static psc_rc load_cert(const char *path, const char *what, X509 **cert, uint8_t
 	return PSC_OK;
 }
 
+static int key_signs_for(EVP_PKEY *key, X509 *cert)
+{
+	static const unsigned char probe[] = "psc-peer key check";
+	unsigned char sig[1024];
+	size_t len = sizeof(sig);
+	EVP_MD_CTX *s = EVP_MD_CTX_new(), *v = EVP_MD_CTX_new();
+	int ok = s && v && EVP_DigestSignInit(s, NULL, EVP_sha256(), NULL, key) == 1 &&
+		 EVP_DigestSign(s, sig, &len, probe, sizeof(probe)) == 1 &&
+		 EVP_DigestVerifyInit(v, NULL, EVP_sha256(), NULL, X509_get0_pubkey(cert)) == 1 &&
+		 EVP_DigestVerify(v, sig, len, probe, sizeof(probe)) == 1;
+	EVP_MD_CTX_free(s);
+	EVP_MD_CTX_free(v);
+	return ok;
+}
+
 static psc_rc load_identity(psc_peer *p, const psc_peer_config *cfg, psc_err *err)
 {
 	X509 *cert = NULL;
@@ -67,14 +83,27 @@ static psc_rc load_identity(psc_peer *p, const psc_peer_config *cfg, psc_err *er
 		return psc_err_set(err, PSC_E_PEER_IDENTITY, "peer certificate %s: %s",
 				   cfg->cert_file, psc_err_text(&e2));
 	}
-	FILE *f = fopen(cfg->key_file, "r");
-	if (!f) {
-		X509_free(cert);
-		return psc_err_set(err, PSC_E_PEER_IDENTITY, "cannot open private key %s: %m",
-				   cfg->key_file);
+	char key_name[300];
+	if (cfg->key_pkcs11) {
+		snprintf(key_name, sizeof(key_name), "'%s' on token '%s'",
+			 cfg->key_pkcs11->key_label ? cfg->key_pkcs11->key_label : "?",
+			 cfg->key_pkcs11->token ? cfg->key_pkcs11->token : "?");
+		rc = psc_p11key_open(&p->p11, cfg->key_pkcs11, &p->key, err);
+		if (rc != PSC_OK) {
+			X509_free(cert);
+			return rc;
+		}
+	} else {
+		snprintf(key_name, sizeof(key_name), "%s", cfg->key_file);
+		FILE *f = fopen(cfg->key_file, "r");
+		if (!f) {
+			X509_free(cert);
+			return psc_err_set(err, PSC_E_PEER_IDENTITY,
+					   "cannot open private key %s: %m", cfg->key_file);
+		}
+		p->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+		fclose(f);
 	}
-	p->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-	fclose(f);
 	ERR_clear_error();
 	if (!p->key) {
 		X509_free(cert);
@@ -83,19 +112,21 @@ static psc_rc load_identity(psc_peer *p, const psc_peer_config *cfg, psc_err *er
 				   "or RSA expected)",
 				   cfg->key_file);
 	}
-	int ok = X509_check_private_key(cert, p->key) == 1;
+	/* A token key may carry no public part for OpenSSL to compare: prove
+	 * possession instead, by a signature the certificate's key verifies. */
+	int ok = p->p11 ? key_signs_for(p->key, cert) : X509_check_private_key(cert, p->key) == 1;
 	X509_free(cert);
 	ERR_clear_error();
 	if (!ok)
 		return psc_err_set(err, PSC_E_PEER_IDENTITY,
 				   "private key %s does not belong to certificate %s",
-				   cfg->key_file, cfg->cert_file);
+				   key_name, cfg->cert_file);
 	if (EVP_PKEY_is_a(p->key, "RSA")) {
 		int bits = EVP_PKEY_get_bits(p->key);
 		if (bits < PROTO_KEYWRAP_RSA_MIN_BITS || bits > PROTO_KEYWRAP_RSA_MAX_BITS)
 			return psc_err_set(err, PSC_E_PEER_IDENTITY,
 					   "RSA key %s has %d bits; %d..%d are supported",
-					   cfg->key_file, bits, PROTO_KEYWRAP_RSA_MIN_BITS,
+					   key_name, bits, PROTO_KEYWRAP_RSA_MIN_BITS,
 					   PROTO_KEYWRAP_RSA_MAX_BITS);
 		p->key_is_rsa = 1;
 	} else {
@@ -108,7 +139,7 @@ static psc_rc load_identity(psc_peer *p, const psc_peer_config *cfg, psc_err *er
 			ERR_clear_error();
 			return psc_err_set(err, PSC_E_PEER_IDENTITY,
 					   "private key %s is neither EC P-256 nor RSA",
-					   cfg->key_file);
+					   key_name);
 		}
 	}
 	return PSC_OK;
@@ -181,11 +212,11 @@ psc_rc psc_peer_new(psc_peer **out, const psc_peer_config *cfg, psc_err *err)
 	if (!out)
 		return psc_err_set(err, PSC_E_INVALID_ARG, "psc_peer_new: out is NULL");
 	*out = NULL;
-	if (!cfg || !cfg->cert_file || !cfg->key_file || !cfg->kms_endpoint ||
-	    !cfg->kms_cert_file || !cfg->overlay || !cfg->overlay[0])
+	if (!cfg || !cfg->cert_file || !cfg->key_file == !cfg->key_pkcs11 ||
+	    !cfg->kms_endpoint || !cfg->kms_cert_file || !cfg->overlay || !cfg->overlay[0])
 		return psc_err_set(err, PSC_E_PEER_CONFIG,
-				   "peer configuration needs cert_file, key_file, kms_endpoint, "
-				   "kms_cert_file and overlay");
+				   "peer configuration needs cert_file, key_file or key_pkcs11 "
+				   "(one of them), kms_endpoint, kms_cert_file and overlay");
 	if (cfg->data_endpoint && strlen(cfg->data_endpoint) > PSC_MAX_ENDPOINT)
 		return psc_err_set(err, PSC_E_PEER_CONFIG,
 				   "data endpoint is %zu bytes; at most %d are allowed",
@@ -252,6 +283,7 @@ void psc_peer_free(psc_peer **pp)
 	psc_store_free(&p->store); /* wipes every epoch secret */
 	psc_replay_free(&p->replay);
 	EVP_PKEY_free(p->key); /* OpenSSL clears private key material on free */
+	psc_p11key_free(&p->p11); /* after the key that points into it */
 	EVP_PKEY_free(p->kms_pub);
 	free(p->cert_der);
 	free(p->kms_cert_der);

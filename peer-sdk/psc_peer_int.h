@@ -40,6 +40,7 @@ struct psc_peer {
 
 	/* identity */
 	EVP_PKEY *key;
+	struct psc_p11key *p11; /* the token behind key, when it is on one */
 	uint8_t *cert_der;
 	size_t cert_len;
 	uint8_t node_id[PSC_NODE_ID_LEN];

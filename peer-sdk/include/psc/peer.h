@@ -111,9 +111,19 @@ typedef struct psc_peer_callbacks {
 	void (*on_reconnect)(void *user);
 } psc_peer_callbacks;
 
+/* The peer's private key on a PKCS#11 token instead of a file (through
+ * libp11): requests are signed and epoch secrets unwrapped in the token. The
+ * key needs CKA_SIGN, and CKA_DERIVE (EC P-256) or CKA_DECRYPT (RSA). */
+typedef struct psc_peer_pkcs11 {
+	const char *module;	/* PKCS#11 module, e.g. /usr/lib/softhsm/libsofthsm2.so */
+	const char *token;	/* token label */
+	const char *pin_file;	/* file whose first line is the user PIN */
+	const char *key_label;	/* CKA_LABEL of the private key */
+} psc_peer_pkcs11;
+
 typedef struct psc_peer_config {
 	const char *cert_file;	   /* this peer's certificate, PEM (EC P-256 or RSA) */
-	const char *key_file;	   /* its private key, PEM, unencrypted */
+	const char *key_file;	   /* its private key, PEM, unencrypted; NULL with key_pkcs11 */
 	const char *kms_endpoint;  /* "tcp://host:port" */
 	const char *kms_cert_file; /* the KMS certificate, PEM: every KMS message must be
 				      signed by its key */
@@ -133,6 +143,7 @@ typedef struct psc_peer_config {
 	int auto_reconnect;
 	const psc_peer_callbacks *callbacks; /* copied; NULL = none */
 	void *user;			     /* passed to every callback */
+	const psc_peer_pkcs11 *key_pkcs11;   /* the key on a token (key_file NULL) */
 } psc_peer_config;
 
 /* Access-control information for a new PSC (docs/protocol.md §6.2). */
