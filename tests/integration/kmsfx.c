@@ -120,3 +120,13 @@ int kmsfx_audit(kmsfx *fx, const char *sub, const char *a1, const char *a2, char
 		argv[3] = NULL;
 	return pt_run(argv, out, 60000);
 }
+
+int kmsfx_audit_verify(kmsfx *fx)
+{
+	char *out = NULL;
+	int rc = kmsfx_audit(fx, "verify", NULL, NULL, &out);
+	if (rc != 0)
+		fprintf(stderr, "psc-audit verify: exit %d\n%s\n", rc, out ? out : "");
+	free(out);
+	return rc;
+}

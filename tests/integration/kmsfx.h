@@ -35,5 +35,8 @@ int kmsfx_sh(const char *cmd);
 /* Runs psc-audit with up to three arguments after the subcommand; *out gets
  * its output (caller frees). Returns the exit code. */
 int kmsfx_audit(kmsfx *fx, const char *sub, const char *a1, const char *a2, char **out);
+/* psc-audit verify on the installation's log (the daemon stopped first);
+ * prints psc-audit's output when it fails. Returns its exit code. */
+int kmsfx_audit_verify(kmsfx *fx);
 
 #endif
