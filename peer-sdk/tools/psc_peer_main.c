@@ -323,19 +323,27 @@ static int cmd_invite(psc_peer *p, opts *o, char **argv, int argc)
 	return EX_OK;
 }
 
+/* leave and destroy: one PSC, one request, one line saying it is done. */
+static int psc_request(psc_peer *p, const char *arg,
+		       psc_rc (*fn)(psc_peer *, const uint8_t[PSC_PEER_ID_LEN], psc_err *),
+		       const char *done)
+{
+	uint8_t id[PSC_PEER_ID_LEN];
+	psc_err err = {0};
+	if (psc_arg(p, arg, id))
+		return EX_USAGE;
+	if (fn(p, id, &err) != PSC_OK)
+		return psc_cli_fail(&err);
+	char h[33];
+	printf("%s PSC %s\n", done, psc_cli_hex(id, h));
+	return EX_OK;
+}
+
 static int cmd_leave(psc_peer *p, opts *o, char **argv, int argc)
 {
 	(void)o;
 	(void)argc;
-	uint8_t id[PSC_PEER_ID_LEN];
-	psc_err err = {0};
-	if (psc_arg(p, argv[0], id))
-		return EX_USAGE;
-	if (psc_peer_leave(p, id, &err) != PSC_OK)
-		return psc_cli_fail(&err);
-	char h[33];
-	printf("left PSC %s\n", psc_cli_hex(id, h));
-	return EX_OK;
+	return psc_request(p, argv[0], psc_peer_leave, "left");
 }
 
 static int cmd_report(psc_peer *p, opts *o, char **argv, int argc)
@@ -360,15 +368,7 @@ static int cmd_destroy(psc_peer *p, opts *o, char **argv, int argc)
 {
 	(void)o;
 	(void)argc;
-	uint8_t id[PSC_PEER_ID_LEN];
-	psc_err err = {0};
-	if (psc_arg(p, argv[0], id))
-		return EX_USAGE;
-	if (psc_peer_destroy(p, id, &err) != PSC_OK)
-		return psc_cli_fail(&err);
-	char h[33];
-	printf("destroyed PSC %s\n", psc_cli_hex(id, h));
-	return EX_OK;
+	return psc_request(p, argv[0], psc_peer_destroy, "destroyed");
 }
 
 static int cmd_catchup(psc_peer *p, opts *o, char **argv, int argc)
