@@ -474,10 +474,14 @@ static void mid_send_the_join_is_durable_and_a_member_without_refresh_catches_up
 	rawpeer *j = peer("peer3");
 	assert_false(initialize(j, fp_room, NULL));
 	uint64_t tx = rp_psc_req(j, PSC_MSG_JOIN_REQ, fp_room);
-	assert_true(rp_wait_answer(j, tx, WAIT));
-	assert_false(j->is_error);
-	assert_int_equal(j->b.u.join_ans.material.epoch, e0 + 1);
 	kmsd_must_die_of_sigkill("mid_send");
+	/* The answer left one batch earlier, but ZeroMQ's I/O thread may not have
+	 * written it before the kill: if it arrived it carries the new epoch, and
+	 * either way the join is durable (checked after the restart). */
+	if (rp_wait_answer(j, tx, 300)) {
+		assert_false(j->is_error);
+		assert_int_equal(j->b.u.join_ans.material.epoch, e0 + 1);
+	}
 	/* The fan-out held two Refreshes; the kill came after the first was handed
 	 * to ZeroMQ, whose I/O thread may or may not have written it: at most one
 	 * arrived, and the second never did. */
