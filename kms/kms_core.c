@@ -440,6 +440,7 @@ psc_rc kmsd_open(kmsd **out, kms_config *cfg, volatile sig_atomic_t *stop,
 	    (rc = kms_admin_open(&k->admin, k, err)) != PSC_OK)
 		goto fail;
 	audit_system(k, AUD_EV_KMS_START, "ok");
+	kms_admin_start(k->admin); /* rekeys after a restore, before any peer is served */
 	batch_end(k);
 	k->started = true;
 	char nid[33];
@@ -480,6 +481,9 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 	while (!*k->stop) {
 		k->now_ms = kmsd_clock_ms();
 		uint64_t next = kmsd_next_deadline(k);
+		uint64_t admin_next = kms_admin_next_ms(k->admin); /* restore rekeys, KEK rotation */
+		if (admin_next && (!next || admin_next < next))
+			next = admin_next;
 		long timeout = 1000;
 		if (next && next <= k->now_ms)
 			timeout = 0;
@@ -507,6 +511,7 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 		if (items[2].revents & ZMQ_POLLIN)
 			kms_admin_serve(k->admin);
 		kmsd_timers(k);
+		kms_admin_tick(k->admin);
 		batch_end(k);
 		kms_admin_after_batch(k->admin); /* replies once the batch is durable */
 		psc_err e;
