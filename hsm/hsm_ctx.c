@@ -1,5 +1,6 @@
 /* Module loading, login, sessions, health and recovery; see hsm_ctx.h. */
 #include "hsm_int.h"
+#include "hsm_kek.h"
 
 #include <dlfcn.h>
 #include <stdio.h>
@@ -200,12 +201,30 @@ psc_rc hsm_kek_find_locked(hsm_ctx *ctx, bool required, psc_err *err)
 	    {CKA_CLASS, &cls, sizeof(cls)},
 	    {CKA_LABEL, (void *)HSM_LABEL_KEK, strlen(HSM_LABEL_KEK)},
 	};
+	if (ctx->kek_pinned)
+		return hsm_kek_pin_find_locked(ctx, err);
 	CK_OBJECT_HANDLE hs[2];
 	CK_ULONG n = 0;
 	CK_RV rv = hsm_find(ctx, ctx->ctl, t, 2, hs, 2, &n);
 	if (rv != CKR_OK)
 		return hsm_p11_fail(ctx, rv, "C_FindObjects", PSC_E_HSM_P11,
 				    "cannot search the token for the master KEK", err);
+	if (n == 0) {
+		/* A KEK rotation that stopped between destroying the old KEK and
+		 * relabelling the new one (hsm_kek.h): adopt the new one. */
+		CK_ATTRIBUTE tn[] = {
+		    {CKA_CLASS, &cls, sizeof(cls)},
+		    {CKA_LABEL, (void *)HSM_LABEL_KEK_NEXT, strlen(HSM_LABEL_KEK_NEXT)},
+		};
+		rv = hsm_find(ctx, ctx->ctl, tn, 2, hs, 2, &n);
+		if (rv == CKR_OK && n == 1) {
+			CK_ATTRIBUTE l = {CKA_LABEL, (void *)HSM_LABEL_KEK, strlen(HSM_LABEL_KEK)};
+			if (ctx->f->C_SetAttributeValue(ctx->ctl, hs[0], &l, 1) != CKR_OK)
+				n = 0;
+		} else {
+			n = 0;
+		}
+	}
 	if (n == 0) {
 		atomic_store(&ctx->have_kek, false);
 		if (!required)
@@ -243,10 +262,12 @@ psc_rc hsm_kek_find_locked(hsm_ctx *ctx, bool required, psc_err *err)
 				   HSM_LABEL_KEK, ctx->label);
 	/* Workers read kek_id without the lock: write it only when it changes
 	 * (the ceremony, which runs with no workers), not on every recovery. */
+	pthread_mutex_lock(&ctx->kek_lock);
 	if (!atomic_load(&ctx->have_kek) || memcmp(ctx->kek_id, id, HSM_KEK_ID_LEN) != 0)
 		memcpy(ctx->kek_id, id, HSM_KEK_ID_LEN);
 	atomic_store(&ctx->kek, hs[0]);
 	atomic_store(&ctx->have_kek, true);
+	pthread_mutex_unlock(&ctx->kek_lock);
 	return PSC_OK;
 }
 
@@ -458,6 +479,7 @@ psc_rc hsm_ctx_new(hsm_ctx **out, const hsm_config *cfg, psc_err *err)
 	snprintf(ctx->pin, sizeof(ctx->pin), "%s", cfg->pin);
 	ctx->retry_ms = cfg->retry_ms ? cfg->retry_ms : HSM_RETRY_MS_DEFAULT;
 	pthread_mutex_init(&ctx->lock, NULL);
+	pthread_mutex_init(&ctx->kek_lock, NULL);
 	atomic_store(&ctx->healthy, true);
 	atomic_store(&ctx->gen, 1);
 	if (!ctx->module) {
@@ -550,6 +572,7 @@ void hsm_ctx_free(hsm_ctx **pctx)
 	}
 	OPENSSL_cleanse(ctx->pin, sizeof(ctx->pin));
 	pthread_mutex_destroy(&ctx->lock);
+	pthread_mutex_destroy(&ctx->kek_lock);
 	free(ctx->module);
 	free(ctx);
 	*pctx = NULL;
@@ -573,8 +596,11 @@ bool hsm_oaep_sha256(const hsm_ctx *ctx)
 void hsm_kek_id(const hsm_ctx *ctx, uint8_t out[HSM_KEK_ID_LEN])
 {
 	memset(out, 0, HSM_KEK_ID_LEN);
-	if (ctx && atomic_load(&((hsm_ctx *)ctx)->have_kek))
+	if (ctx && atomic_load(&((hsm_ctx *)ctx)->have_kek)) {
+		pthread_mutex_lock(&((hsm_ctx *)ctx)->kek_lock);
 		memcpy(out, ctx->kek_id, HSM_KEK_ID_LEN);
+		pthread_mutex_unlock(&((hsm_ctx *)ctx)->kek_lock);
+	}
 }
 
 psc_rc hsm_session_get(hsm_ctx *ctx, unsigned i, hsm_session **out, psc_err *err)

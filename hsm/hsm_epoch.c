@@ -53,7 +53,14 @@ psc_rc hsm_epoch_generate(hsm_session *s, hsm_key *key_out, uint8_t blob_out[HSM
 				  "the token cannot make the epoch secret", err);
 	CK_MECHANISM wrap = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
 	CK_ULONG wl = HSM_EPOCH_BLOB_LEN - 1 - HSM_KEK_ID_LEN;
-	rv = ctx->f->C_WrapKey(s->h, &wrap, atomic_load(&ctx->kek), h,
+	/* The KEK handle and the id the blob is tagged with must belong together
+	 * even while a KEK rotation switches them (hsm_kek.c). */
+	uint8_t kek_id[HSM_KEK_ID_LEN];
+	pthread_mutex_lock(&ctx->kek_lock);
+	CK_OBJECT_HANDLE kek = atomic_load(&ctx->kek);
+	memcpy(kek_id, ctx->kek_id, HSM_KEK_ID_LEN);
+	pthread_mutex_unlock(&ctx->kek_lock);
+	rv = ctx->f->C_WrapKey(s->h, &wrap, kek, h,
 			       blob_out + 1 + HSM_KEK_ID_LEN, &wl);
 	if (rv != CKR_OK || wl != HSM_EPOCH_BLOB_LEN - 1 - HSM_KEK_ID_LEN) {
 		(void)ctx->f->C_DestroyObject(s->h, h);
@@ -66,7 +73,7 @@ psc_rc hsm_epoch_generate(hsm_session *s, hsm_key *key_out, uint8_t blob_out[HSM
 				  "cannot wrap the epoch secret under the master KEK", err);
 	}
 	blob_out[0] = HSM_EPOCH_BLOB_VERSION;
-	memcpy(blob_out + 1, ctx->kek_id, HSM_KEK_ID_LEN);
+	memcpy(blob_out + 1, kek_id, HSM_KEK_ID_LEN);
 	key_out->handle = h;
 	key_out->gen = s->gen;
 	key_out->session = s->idx;
@@ -95,8 +102,11 @@ psc_rc hsm_epoch_load(hsm_session *s, const uint8_t *blob, size_t blob_len, hsm_
 	if (rc != PSC_OK)
 		return rc;
 	hsm_ctx *ctx = s->ctx;
+	pthread_mutex_lock(&ctx->kek_lock);
 	CK_OBJECT_HANDLE kek = atomic_load(&ctx->kek);
-	if (memcmp(blob + 1, ctx->kek_id, HSM_KEK_ID_LEN) != 0) {
+	bool current = memcmp(blob + 1, ctx->kek_id, HSM_KEK_ID_LEN) == 0;
+	pthread_mutex_unlock(&ctx->kek_lock);
+	if (!current) {
 		/* Not the current KEK: a retired one (rotation) may still be on the token. */
 		CK_OBJECT_CLASS kc = CKO_SECRET_KEY;
 		CK_BBOOL t = CK_TRUE;

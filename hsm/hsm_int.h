@@ -56,6 +56,11 @@ struct hsm_ctx {
 	_Atomic CK_OBJECT_HANDLE kek;
 	atomic_bool have_kek;
 	uint8_t kek_id[HSM_KEK_ID_LEN]; /* written under lock before have_kek is set */
+	/* kek + kek_id change together during a KEK rotation (hsm_kek.c): readers
+	 * that need both take kek_lock. Pinned: the current KEK was chosen by id
+	 * (rotation), so a recovery finds it by id, not by label. */
+	pthread_mutex_t kek_lock;
+	bool kek_pinned;
 
 	hsm_session sess[HSM_MAX_SESSIONS];
 	unsigned nsess;
@@ -96,6 +101,8 @@ CK_RV hsm_find(hsm_ctx *ctx, CK_SESSION_HANDLE h, CK_ATTRIBUTE *tmpl, CK_ULONG n
 
 /* Finds and checks the master KEK by label (current) with ctx->lock held. */
 psc_rc hsm_kek_find_locked(hsm_ctx *ctx, bool required, psc_err *err) PSC_WUR;
+/* Finds the pinned current KEK by id (hsm_kek.c), ctx->lock held. */
+psc_rc hsm_kek_pin_find_locked(hsm_ctx *ctx, psc_err *err) PSC_WUR;
 /* Drops cached libp11 keys (after the ceremony replaced them), lock held. */
 void hsm_keys_forget_locked(hsm_ctx *ctx);
 

@@ -12,6 +12,7 @@
 #include <zmq.h>
 
 #include "kms_int.h"
+#include "kms_kekrot.h"
 #include "proto_cert.h"
 
 #define REQ_MAX 512
@@ -31,9 +32,24 @@ struct kms_admin {
 	bool waiting; /* a request was received: a reply is owed */
 	jbuf reply;
 	/* what kms_admin_after_batch must still do */
-	enum { AFTER_NONE, AFTER_BAN, AFTER_CHECKPOINT } after;
+	enum {
+		AFTER_NONE,
+		AFTER_BAN,
+		AFTER_CHECKPOINT,
+		AFTER_UNBAN,
+		AFTER_DESTROY,
+		AFTER_BACKUP,
+		AFTER_SEND_NEXT, /* reply once the next batch made its audit record durable */
+	} after;
 	uint8_t ban_node[PSC_NODE_ID_LEN];
 	size_t ban_evicted;
+	uint8_t destroy_psc[PSC_PSC_ID_LEN];
+	uint64_t destroy_epoch;
+	char backup_path[KMS_CONFIG_STR_MAX];
+	uint64_t send_after_seq; /* AFTER_SEND_NEXT: the record that must be durable */
+	kms_kekrot *rot;
+	bool restore_pending;	  /* PSCs may still be below a restore's epoch floor */
+	uint64_t restore_next_ms; /* next kmsd_rekey_restored() call */
 };
 
 static void jb_putn(jbuf *b, const char *s, size_t n)
@@ -209,6 +225,26 @@ static void cmd_status(kms_admin *a)
 	jb_ku64(b, "epoch_blobs", c.epoch_blobs);
 	jb_put(b, "}");
 	jb_ku64(b, "connected_peers", connected_peers(k));
+	kms_kekrot_status rs;
+	kms_kekrot_status_get(a->rot, &rs);
+	jb_key(b, "kek_rotation");
+	jb_put(b, "{");
+	jb_kbool(b, "active", rs.active);
+	if (rs.active) {
+		jb_kstr(b, "from", rs.from);
+		jb_kstr(b, "to", rs.to);
+		jb_ku64(b, "rewrapped", rs.rewrapped);
+		jb_ku64(b, "remaining", rs.remaining);
+		jb_ku64(b, "chunk", rs.chunk);
+		jb_ku64(b, "pause_ms", rs.pause_ms);
+		if (rs.last_error[0])
+			jb_kstr(b, "last_error", rs.last_error);
+	} else if (rs.done_to[0]) {
+		jb_kstr(b, "last_done_to", rs.done_to);
+		jb_ku64(b, "last_done_ms", rs.done_ms);
+	}
+	jb_put(b, "}");
+	jb_kbool(b, "restore_rekeys_pending", a->restore_pending);
 	jb_put(b, "}");
 }
 
@@ -451,12 +487,297 @@ static void finish_checkpoint(kms_admin *a)
 	jb_put(&a->reply, "}");
 }
 
+static int list_membership(void *arg, const kms_member *m)
+{
+	jbuf *b = arg;
+	jb_elem(b);
+	jb_khex(b, "psc_id", m->psc_id);
+	jb_ku64(b, "acked_epoch", m->acked_epoch);
+	jb_ku64(b, "psc_epoch", m->psc_epoch);
+	jb_ku64(b, "added_ms", m->added_ms);
+	jb_put(b, "}");
+	return 0;
+}
+
+static void cmd_peer_show(kms_admin *a, const char *hex)
+{
+	uint8_t node[PSC_NODE_ID_LEN];
+	psc_err e;
+	if (!hex || proto_id_from_hex(hex, node) != PSC_OK) {
+		reply_error(a, "peer show needs a Node-ID of 32 hex digits");
+		return;
+	}
+	kms_peer *p = malloc(sizeof(*p));
+	if (!p) {
+		reply_error(a, "out of memory");
+		return;
+	}
+	if (kms_store_peer_get(a->k->store, node, p, &e) != PSC_OK) {
+		reply_error(a, "peer %s: %s", hex, psc_err_text(&e));
+		free(p);
+		return;
+	}
+	jbuf *b = &a->reply;
+	reply_ok_begin(a);
+	jb_key(b, "peer");
+	jb_put(b, "{");
+	jb_khex(b, "node_id", p->node_id);
+	jb_kstr(b, "subject", p->subject);
+	char fp[2 * PSC_HASH_LEN + 1];
+	for (size_t i = 0; i < PSC_HASH_LEN; i++)
+		snprintf(fp + 2 * i, 3, "%02x", p->cert_sha256[i]);
+	jb_kstr(b, "cert_sha256", fp);
+	jb_kstr(b, "endpoint", p->endpoint);
+	jb_ku64(b, "wrap_alg", p->wrap_alg);
+	jb_kbool(b, "banned", p->banned);
+	jb_kbool(b, "connected", kmsd_binding_by_node(a->k, p->node_id) != NULL);
+	jb_kbool(b, "curve_key_bound", p->transport_key_len != 0);
+	jb_ku64(b, "first_seen_ms", p->first_seen_ms);
+	jb_ku64(b, "updated_ms", p->updated_ms);
+	jb_ku64(b, "banned_ms", p->banned_ms);
+	free(p);
+	jb_key(b, "memberships");
+	jb_put(b, "[");
+	if (kms_store_pscs_of_node(a->k->store, node, list_membership, b, &e) != PSC_OK) {
+		reply_error(a, "state store: %s", psc_err_text(&e));
+		return;
+	}
+	jb_put(b, "]}}");
+}
+
+static bool refuse_if_failed_closed(kms_admin *a)
+{
+	if (!aud_log_failed(a->k->audit))
+		return false;
+	reply_error(a, "the audit log is failed closed: nothing can be changed until it "
+		       "recovers (see the psc-kmsd log)");
+	return true;
+}
+
+/* PEER_BAN(banned = false) + peer.ban (action unban). The peer must Initialize
+ * again and be admitted by policy; its old memberships are not given back. */
+static void cmd_peer_unban(kms_admin *a, const char *hex)
+{
+	kmsd *k = a->k;
+	uint8_t node[PSC_NODE_ID_LEN];
+	psc_err e;
+	if (!hex || proto_id_from_hex(hex, node) != PSC_OK) {
+		reply_error(a, "peer unban needs a Node-ID of 32 hex digits");
+		return;
+	}
+	if (refuse_if_failed_closed(a))
+		return;
+	kms_peer *p = malloc(sizeof(*p));
+	psc_rc rc = p ? kms_store_peer_get(k->store, node, p, &e) : PSC_E_NOMEM;
+	bool banned = rc == PSC_OK && p->banned;
+	free(p);
+	if (rc != PSC_OK) {
+		reply_error(a, "peer %s: %s", hex, rc == PSC_E_NOMEM ? "out of memory"
+								   : psc_err_text(&e));
+		return;
+	}
+	if (!banned) {
+		reply_error(a, "peer %s is not banned", hex);
+		return;
+	}
+	kms_cmd cmd = {.type = KMS_CMD_PEER_BAN};
+	memcpy(cmd.peer_ban.node_id, node, PSC_NODE_ID_LEN);
+	cmd.peer_ban.banned = false;
+	cmd.peer_ban.now_ms = k->now_ms;
+	if (kmsd_apply(k, &cmd, &e) != PSC_OK) {
+		reply_error(a, "%s", psc_err_text(&e));
+		return;
+	}
+	aud_kv kv[3] = {{.key = "node_id", .str = hex},
+			{.key = "action", .str = "unban"},
+			{.key = "by", .str = "psc-kmsctl"}};
+	aud_event ev = {.type = AUD_EV_PEER_BAN, .result = "ok", .detail = kv, .n_detail = 3};
+	if (kmsd_audit(k, &ev, &e) != PSC_OK)
+		reply_error(a, "audit: %s", psc_err_text(&e));
+	a->after = AFTER_UNBAN;
+	memcpy(a->ban_node, node, PSC_NODE_ID_LEN);
+}
+
+static void finish_unban(kms_admin *a)
+{
+	kms_peer *p = malloc(sizeof(*p));
+	psc_err e;
+	bool ok = p && kms_store_peer_get(a->k->store, a->ban_node, p, &e) == PSC_OK && !p->banned;
+	free(p);
+	char nid[33];
+	proto_id_hex(a->ban_node, nid);
+	if (!ok) {
+		reply_error(a, "the unban of %s was not committed (audit log or state store "
+			       "failure: see the psc-kmsd log)", nid);
+		return;
+	}
+	reply_ok_begin(a);
+	jb_kstr(&a->reply, "unbanned", nid);
+	jb_put(&a->reply, "}");
+}
+
+/* Destroy-Refresh to the members, PSC_DESTROY, psc.destroy; the reply waits
+ * for the batch like a ban. */
+static void cmd_psc_destroy(kms_admin *a, const char *hex)
+{
+	kmsd *k = a->k;
+	uint8_t id[PSC_PSC_ID_LEN];
+	psc_err e;
+	if (!hex || proto_id_from_hex(hex, id) != PSC_OK) {
+		reply_error(a, "psc destroy needs a PSC id of 32 hex digits");
+		return;
+	}
+	if (refuse_if_failed_closed(a))
+		return;
+	kms_psc *p = malloc(sizeof(*p));
+	if (!p) {
+		reply_error(a, "out of memory");
+		return;
+	}
+	if (kmsd_destroy_by_operator(k, id, p, &e) != PSC_OK) {
+		reply_error(a, "PSC %s: %s", hex, psc_err_text(&e));
+		free(p);
+		return;
+	}
+	aud_kv kv[2] = {{.key = "name", .str = p->name}, {.key = "by", .str = "psc-kmsctl"}};
+	aud_event ev = {.type = AUD_EV_PSC_DESTROY, .psc_id = id, .has_epoch = true,
+			.epoch = p->epoch, .result = "ok", .detail = kv, .n_detail = 2};
+	a->destroy_epoch = p->epoch;
+	psc_rc arc = kmsd_audit(k, &ev, &e); /* ev borrows p->name */
+	free(p);
+	if (arc != PSC_OK)
+		reply_error(a, "audit: %s", psc_err_text(&e));
+	a->after = AFTER_DESTROY;
+	memcpy(a->destroy_psc, id, PSC_PSC_ID_LEN);
+}
+
+static void finish_destroy(kms_admin *a)
+{
+	kms_psc *p = malloc(sizeof(*p));
+	psc_err e;
+	bool ok = p && kms_store_psc_get(a->k->store, a->destroy_psc, p, &e) == PSC_OK &&
+		  p->destroyed;
+	free(p);
+	char hex[33];
+	proto_id_hex(a->destroy_psc, hex);
+	if (!ok) {
+		reply_error(a, "destroying PSC %s was not committed (audit log or state store "
+			       "failure: see the psc-kmsd log)", hex);
+		return;
+	}
+	reply_ok_begin(a);
+	jb_kstr(&a->reply, "destroyed", hex);
+	jb_ku64(&a->reply, "last_epoch", a->destroy_epoch);
+	jb_put(&a->reply, "}");
+}
+
+static void cmd_backup(kms_admin *a, const char *path)
+{
+	if (!path || path[0] != '/') {
+		reply_error(a, "backup needs an absolute file path (written by psc-kmsd, as its "
+			       "service user)");
+		return;
+	}
+	if (strlen(path) >= sizeof(a->backup_path)) {
+		reply_error(a, "backup path is longer than %zu bytes", sizeof(a->backup_path) - 1);
+		return;
+	}
+	if (refuse_if_failed_closed(a))
+		return;
+	snprintf(a->backup_path, sizeof(a->backup_path), "%s", path);
+	a->after = AFTER_BACKUP; /* outside the batch: a backup never holds half of one */
+}
+
+/* After the batch: the committed state goes to the file; kms.backup is
+ * appended and the reply waits until the next batch made it durable. */
+static void do_backup(kms_admin *a)
+{
+	kmsd *k = a->k;
+	psc_err e;
+	kms_store_counts c;
+	uint64_t seq = kms_store_last_audit_seq(k->store);
+	if (kms_store_backup(k->store, a->backup_path, &e) != PSC_OK) {
+		reply_error(a, "backup: %s", psc_err_text(&e));
+		return;
+	}
+	if (kms_store_counts_get(k->store, &c, &e) != PSC_OK)
+		memset(&c, 0, sizeof(c));
+	aud_kv kv[4] = {{.key = "file", .str = a->backup_path},
+			{.key = "audit_seq", .num = seq},
+			{.key = "pscs", .num = c.pscs_live},
+			{.key = "by", .str = "psc-kmsctl"}};
+	aud_event ev = {.type = AUD_EV_KMS_BACKUP, .key_id = k->kek_id, .result = "ok",
+			.detail = kv, .n_detail = 4};
+	uint64_t rec = 0;
+	if (aud_log_append(k->audit, &ev, &rec, &e) != PSC_OK) {
+		reply_error(a, "backup written to %s but it could not be audited: %s",
+			    a->backup_path, psc_err_text(&e));
+		return;
+	}
+	k->batch_dirty = true;
+	fprintf(stderr, "psc-kmsd: state backup written to %s (audit seq %llu)\n", a->backup_path,
+		(unsigned long long)seq);
+	reply_ok_begin(a);
+	jb_kstr(&a->reply, "file", a->backup_path);
+	jb_ku64(&a->reply, "audit_seq", seq);
+	jb_kstr(&a->reply, "kek_id", k->kek_id);
+	jb_ku64(&a->reply, "pscs", c.pscs_live);
+	jb_ku64(&a->reply, "epoch_blobs", c.epoch_blobs);
+	jb_ku64(&a->reply, "peers", c.peers);
+	jb_put(&a->reply, "}");
+	a->send_after_seq = rec;
+	a->after = AFTER_SEND_NEXT;
+}
+
+static bool parse_uint(const char *s, unsigned max, unsigned *out)
+{
+	if (!s || !*s || strlen(s) > 9)
+		return false;
+	unsigned v = 0;
+	for (const char *p = s; *p; p++) {
+		if (*p < '0' || *p > '9')
+			return false;
+		v = v * 10 + (unsigned)(*p - '0');
+	}
+	if (v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+static void cmd_rotate(kms_admin *a, const char *chunk_s, const char *pause_s)
+{
+	unsigned chunk = 0, pause_ms = 0;
+	/* CHUNK 0: the default */
+	if ((chunk_s && !parse_uint(chunk_s, KMS_KEKROT_CHUNK_MAX, &chunk)) ||
+	    (pause_s && !parse_uint(pause_s, KMS_KEKROT_PAUSE_MAX_MS, &pause_ms))) {
+		reply_error(a, "rotate master-kek [CHUNK [PAUSE-MS]]: CHUNK is 1..%d blobs per "
+			       "step (0: %d), PAUSE-MS 0..%d", KMS_KEKROT_CHUNK_MAX,
+			    KMS_KEKROT_CHUNK_DEFAULT, KMS_KEKROT_PAUSE_MAX_MS);
+		return;
+	}
+	psc_err e;
+	if (kms_kekrot_start(a->rot, chunk, pause_ms, &e) != PSC_OK) {
+		reply_error(a, "KEK rotation: %s", psc_err_text(&e));
+		return;
+	}
+	kms_kekrot_status rs;
+	kms_kekrot_status_get(a->rot, &rs);
+	reply_ok_begin(a);
+	jb_kstr(&a->reply, "from", rs.from);
+	jb_kstr(&a->reply, "to", rs.to);
+	jb_ku64(&a->reply, "remaining", rs.remaining);
+	jb_ku64(&a->reply, "chunk", rs.chunk);
+	jb_ku64(&a->reply, "pause_ms", rs.pause_ms);
+	jb_put(&a->reply, "}");
+}
+
 static void dispatch(kms_admin *a, char *line)
 {
-	char *words[4] = {0};
+	char *words[5] = {0};
 	size_t n = 0;
 	char *save = NULL;
-	for (char *w = strtok_r(line, " \t\r\n", &save); w && n < 4;
+	for (char *w = strtok_r(line, " \t\r\n", &save); w && n < 5;
 	     w = strtok_r(NULL, " \t\r\n", &save))
 		words[n++] = w;
 	const char *w0 = words[0] ? words[0] : "", *w1 = words[1] ? words[1] : "";
@@ -474,12 +795,31 @@ static void dispatch(kms_admin *a, char *line)
 		cmd_policy_reload(a);
 	else if (n == 2 && strcmp(w0, "audit") == 0 && strcmp(w1, "checkpoint") == 0)
 		a->after = AFTER_CHECKPOINT;
+	else if (n == 3 && strcmp(w0, "peer") == 0 && strcmp(w1, "show") == 0)
+		cmd_peer_show(a, words[2]);
+	else if (n == 3 && strcmp(w0, "peer") == 0 && strcmp(w1, "unban") == 0)
+		cmd_peer_unban(a, words[2]);
+	else if (n == 3 && strcmp(w0, "psc") == 0 && strcmp(w1, "destroy") == 0)
+		cmd_psc_destroy(a, words[2]);
+	else if (n == 2 && strcmp(w0, "backup") == 0)
+		cmd_backup(a, words[1]);
+	else if (n >= 2 && n <= 4 && strcmp(w0, "rotate") == 0 && strcmp(w1, "master-kek") == 0)
+		cmd_rotate(a, words[2], words[3]);
 	else
 		reply_error(a, "unknown admin request (expected status, psc list, psc show ID, "
-			       "peer list, peer ban NODE-ID, policy reload, audit checkpoint)");
+			       "psc destroy ID, peer list, peer show NODE-ID, peer ban NODE-ID, "
+			       "peer unban NODE-ID, policy reload, audit checkpoint, backup FILE, "
+			       "rotate master-kek [CHUNK [PAUSE-MS]])");
 }
 
 /* ---- the socket ----------------------------------------------------------- */
+
+static int count_due(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN])
+{
+	(void)psc_id;
+	(*(size_t *)arg)++;
+	return 0;
+}
 
 psc_rc kms_admin_open(kms_admin **out, kmsd *k, psc_err *err)
 {
@@ -515,8 +855,61 @@ psc_rc kms_admin_open(kms_admin **out, kmsd *k, psc_err *err)
 		free(a);
 		return PSC_E_IO;
 	}
+	psc_rc rrc = kms_kekrot_new(&a->rot, k, err);
+	if (rrc == PSC_OK && (rrc = kms_kekrot_resume(a->rot, err)) != PSC_OK)
+		psc_err_set(err, rrc, "cannot resume the master KEK rotation found on the token: %s",
+			    psc_err_text(err));
+	if (rrc != PSC_OK) {
+		kms_admin_close(&a);
+		return rrc;
+	}
+	a->restore_pending = true; /* until the loop finds none left */
 	*out = a;
 	return PSC_OK;
+}
+
+void kms_admin_start(kms_admin *a)
+{
+	if (!a)
+		return;
+	kmsd *k = a->k;
+	/* PSCs a restore left below their epoch floor are rekeyed before any peer
+	 * is served, so no Catchup can hand out a restored (pre-floor) epoch. In
+	 * the start-up batch; what fails here (HSM) is retried from the loop. */
+	size_t due = 0;
+	psc_err e;
+	if (kms_store_restore_due(k->store, count_due, &due, &e) != PSC_OK || due == 0)
+		return;
+	fprintf(stderr, "psc-kmsd: %zu restored PSCs are below their epoch floor: rekeying "
+			"them above every epoch ever issued\n", due);
+	for (size_t round = 0; round <= due / 16 + 1 && kmsd_rekey_restored(k) > 0; round++)
+		;
+}
+
+void kms_admin_tick(kms_admin *a)
+{
+	if (!a)
+		return;
+	kmsd *k = a->k;
+	if (a->restore_pending && k->now_ms >= a->restore_next_ms) {
+		size_t due = kmsd_rekey_restored(k);
+		if (due == 0)
+			a->restore_pending = false;
+		a->restore_next_ms = k->now_ms + 50;
+	}
+	kms_kekrot_step(a->rot);
+}
+
+uint64_t kms_admin_next_ms(const kms_admin *a)
+{
+	if (!a)
+		return 0;
+	uint64_t next = kms_kekrot_next_ms(a->rot);
+	if (a->restore_pending && (!next || a->restore_next_ms < next))
+		next = a->restore_next_ms ? a->restore_next_ms : 1;
+	if (a->waiting && a->after == AFTER_SEND_NEXT)
+		next = 1; /* a reply waits for the next batch */
+	return next;
 }
 
 void *kms_admin_socket(kms_admin *a)
@@ -557,12 +950,33 @@ void kms_admin_serve(kms_admin *a)
 
 void kms_admin_after_batch(kms_admin *a)
 {
-	if (!a || !a->waiting)
+	if (!a)
+		return;
+	kms_kekrot_after_batch(a->rot);
+	if (!a->waiting)
 		return;
 	if (a->after == AFTER_BAN)
 		finish_ban(a);
 	else if (a->after == AFTER_CHECKPOINT)
 		finish_checkpoint(a);
+	else if (a->after == AFTER_UNBAN)
+		finish_unban(a);
+	else if (a->after == AFTER_DESTROY)
+		finish_destroy(a);
+	else if (a->after == AFTER_BACKUP)
+		do_backup(a);
+	else if (a->after == AFTER_SEND_NEXT) {
+		if (aud_log_last_seq(a->k->audit) < a->send_after_seq) {
+			if (aud_log_failed(a->k->audit))
+				reply_error(a, "the backup file was written but its audit record "
+					       "could not be made durable (audit log failed closed)");
+			else
+				return; /* not committed yet: the next batch */
+		}
+		a->after = AFTER_NONE;
+	}
+	if (a->after == AFTER_SEND_NEXT)
+		return;
 	a->after = AFTER_NONE;
 	if (a->reply.failed || !a->reply.s)
 		reply_error(a, "out of memory building the reply");
@@ -577,6 +991,7 @@ void kms_admin_close(kms_admin **p)
 	if (!p || !*p)
 		return;
 	kms_admin *a = *p;
+	kms_kekrot_free(&a->rot);
 	zmq_close(a->sock);
 	free(a->reply.s);
 	free(a);

@@ -322,16 +322,21 @@ static void fanout_list_free(kms_fanout **head)
 	}
 }
 
-/* Still the PSC's current epoch, with the same secret? A fan-out overtaken by
- * a later rekey (or a destroy) is dropped: its members get the newer one. */
-static bool fanout_current(kmsd *k, const kms_fanout *j)
+/* Still the PSC's current epoch? A fan-out overtaken by a later rekey (or a
+ * destroy) is dropped: its members get the newer one. Epoch numbers are never
+ * reused (a job is submitted only once its epoch is durable), so the number
+ * decides; the stored blob is taken over, because a master-KEK rotation may
+ * have re-wrapped it (same secret) and retired the KEK of the job's copy. */
+static bool fanout_current(kmsd *k, kms_fanout *j)
 {
 	kms_epoch ep;
 	psc_err e;
-	if (kms_store_epoch_current(k->store, j->psc_id, &ep, &e) != PSC_OK)
+	if (kms_store_epoch_current(k->store, j->psc_id, &ep, &e) != PSC_OK ||
+	    ep.epoch != j->epoch)
 		return false;
-	return ep.epoch == j->epoch && ep.wrapped_len == sizeof(j->blob) &&
-	       memcmp(ep.wrapped, j->blob, sizeof(j->blob)) == 0;
+	if (ep.wrapped_len == sizeof(j->blob))
+		memcpy(j->blob, ep.wrapped, sizeof(j->blob));
+	return true;
 }
 
 /* A finished fan-out: its Refreshes join the open batch (the epoch they carry
@@ -664,6 +669,7 @@ psc_rc kmsd_open(kmsd **out, kms_config *cfg, volatile sig_atomic_t *stop,
 	if ((rc = kms_pool_new(&k->pool, k->zctx, k->hsm, workers, err)) != PSC_OK)
 		goto fail;
 	audit_system(k, AUD_EV_KMS_START, "ok");
+	kms_admin_start(k->admin); /* rekeys after a restore, before any peer is served */
 	batch_end(k);
 	k->started = true;
 	char nid[33];
@@ -757,6 +763,9 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 		uint64_t retry = fanout_next_retry(k);
 		if (retry && (!next || retry < next))
 			next = retry;
+		uint64_t admin_next = kms_admin_next_ms(k->admin); /* restore rekeys, KEK rotation */
+		if (admin_next && (!next || admin_next < next))
+			next = admin_next;
 		long timeout = 1000;
 		if (next && next <= k->now_ms)
 			timeout = 0;
@@ -789,6 +798,7 @@ psc_rc kmsd_run(kmsd *k, psc_err *err)
 		if (items[2].revents & ZMQ_POLLIN)
 			kms_admin_serve(k->admin);
 		kmsd_timers(k);
+		kms_admin_tick(k->admin);
 		batch_end(k);
 		kms_admin_after_batch(k->admin); /* replies once the batch is durable */
 		psc_err e;

@@ -1916,3 +1916,47 @@ uint64_t kmsd_next_deadline(kmsd *k)
 		next = due;
 	return next;
 }
+
+/* ---- operator hooks (kms_admin.c) ---------------------------------------- */
+
+static int collect_restored(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN])
+{
+	uint8_t(*ids)[PSC_PSC_ID_LEN + 1] = arg;
+	size_t n = ids[0][0];
+	if (n >= TIMER_REKEYS_PER_TURN)
+		return 1;
+	memcpy(ids[1 + n], psc_id, PSC_PSC_ID_LEN);
+	ids[0][0] = (uint8_t)(n + 1);
+	return 0;
+}
+
+size_t kmsd_rekey_restored(kmsd *k)
+{
+	psc_err e;
+	uint8_t ids[1 + TIMER_REKEYS_PER_TURN][PSC_PSC_ID_LEN + 1];
+	ids[0][0] = 0;
+	if (aud_log_failed(k->audit) ||
+	    kms_store_restore_due(k->store, collect_restored, ids, &e) != PSC_OK)
+		return 0;
+	for (size_t i = 0; i < ids[0][0]; i++) {
+		psc_view v;
+		uint64_t epoch;
+		if (load_psc(k, ids[1 + i], &v) != PSC_OK)
+			continue;
+		if (rekey(k, &v.psc, PSC_REFRESH_RESTORE, 0, NULL, NULL, NULL, NULL, &epoch, &e) !=
+		    PSC_OK)
+			fprintf(stderr, "psc-kmsd: rekey after restore failed (retried): %s\n",
+				psc_err_text(&e));
+	}
+	return ids[0][0];
+}
+
+psc_rc kmsd_destroy_by_operator(kmsd *k, const uint8_t psc_id[PSC_PSC_ID_LEN], kms_psc *out,
+				psc_err *err)
+{
+	psc_view v;
+	if (load_psc(k, psc_id, &v) != PSC_OK)
+		return psc_err_set(err, PSC_E_KMS_UNKNOWN_PSC, "no live PSC with that id");
+	*out = v.psc;
+	return destroy_psc(k, &v.psc, NULL, err);
+}

@@ -186,5 +186,13 @@ uint64_t kmsd_next_deadline(kmsd *k);
 /* Removes a node from every PSC it is in (rekeying each), tells it so and
  * forgets its connection; in the open batch (CRL reload, psc-kmsctl peer ban). */
 void kmsd_evict_everywhere(kmsd *k, const uint8_t node[PSC_NODE_ID_LEN], const char *why);
+/* Rekeys (reason restore, no grace) a bounded number of live PSCs whose epoch
+ * is below the floor a restore recorded; returns how many were due (0: none
+ * left). In the open batch. */
+size_t kmsd_rekey_restored(kmsd *k);
+/* psc-kmsctl psc destroy: destroy-Refresh to every connected member, then
+ * PSC_DESTROY, in the open batch; *out gets the PSC as it was. */
+psc_rc kmsd_destroy_by_operator(kmsd *k, const uint8_t psc_id[PSC_PSC_ID_LEN], kms_psc *out,
+				psc_err *err) PSC_WUR;
 
 #endif

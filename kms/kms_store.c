@@ -66,6 +66,9 @@ enum st {
 	ST_EPOCH_PREV,
 	ST_EPOCH_REWRAP,
 	ST_EPOCHS_BY_KEK,
+	ST_EPOCHS_NOT_KEK,
+	ST_EPOCHS_NOT_KEK_COUNT,
+	ST_RESTORE_DUE,
 	ST_HWM_GET,
 	ST_HWM_RAISE,
 	ST_REFRESH_DUE,
@@ -154,6 +157,13 @@ static const char *const SQL[ST_COUNT_] = {
 			"WHERE psc_id = ?1 AND epoch = ?2",
     [ST_EPOCHS_BY_KEK] = "SELECT " EPOCH_COLS "FROM epochs WHERE kek_id = ?1 "
 			 "ORDER BY psc_id, epoch",
+    [ST_EPOCHS_NOT_KEK] = "SELECT " EPOCH_COLS "FROM epochs WHERE kek_id <> ?1 "
+			  "ORDER BY psc_id, epoch",
+    [ST_EPOCHS_NOT_KEK_COUNT] = "SELECT count(*) FROM epochs WHERE kek_id <> ?1",
+    /* Restored PSCs: the high-water mark (EPOCH_FLOOR) is above the current epoch. */
+    [ST_RESTORE_DUE] = "SELECT p.psc_id FROM pscs p JOIN epoch_hwm h USING(psc_id) "
+		       "WHERE p.destroyed = 0 AND p.epoch > 0 AND h.epoch > p.epoch "
+		       "ORDER BY p.psc_id",
     [ST_HWM_GET] = "SELECT epoch FROM epoch_hwm WHERE psc_id = ?1",
     [ST_HWM_RAISE] = "INSERT INTO epoch_hwm(psc_id, epoch) VALUES(?1, ?2) "
 		     "ON CONFLICT(psc_id) DO UPDATE SET epoch = max(epoch, excluded.epoch)",
@@ -1648,6 +1658,75 @@ psc_rc kms_store_epochs_by_kek(kms_store *s, const char *kek_id,
 	rc = each_row(s, st, rd_epoch, row, call_epoch, &f, "reading table 'epochs'", err);
 	free(row);
 	return rc;
+}
+
+psc_rc kms_store_epochs_not_kek(kms_store *s, const char *kek_id,
+				int (*fn)(void *arg, const kms_epoch *e), void *arg, psc_err *err)
+{
+	if (!s || !kek_id || !fn)
+		return psc_err_set(err, PSC_E_INVALID_ARG,
+				   "kms_store_epochs_not_kek: NULL argument");
+	sqlite3_stmt *st;
+	psc_rc rc = st_get(s, ST_EPOCHS_NOT_KEK, &st, err);
+	if (rc != PSC_OK)
+		return rc;
+	b_text(st, 1, kek_id, strlen(kek_id));
+	kms_epoch *row = malloc(sizeof(*row));
+	if (!row) {
+		st_done(st);
+		return psc_err_set(err, PSC_E_NOMEM, "out of memory");
+	}
+	struct epoch_fn f = {fn, arg};
+	rc = each_row(s, st, rd_epoch, row, call_epoch, &f, "reading table 'epochs'", err);
+	free(row);
+	return rc;
+}
+
+psc_rc kms_store_count_not_kek(kms_store *s, const char *kek_id, uint64_t *n, psc_err *err)
+{
+	if (!s || !kek_id || !n)
+		return psc_err_set(err, PSC_E_INVALID_ARG,
+				   "kms_store_count_not_kek: NULL argument");
+	sqlite3_stmt *st;
+	psc_rc rc = st_get(s, ST_EPOCHS_NOT_KEK_COUNT, &st, err);
+	if (rc != PSC_OK)
+		return rc;
+	b_text(st, 1, kek_id, strlen(kek_id));
+	bool row;
+	rc = st_step(s, st, &row, "counting rows", err);
+	if (rc != PSC_OK)
+		return rc;
+	*n = row ? c_u64(st, 0) : 0;
+	st_done(st);
+	return PSC_OK;
+}
+
+psc_rc kms_store_restore_due(kms_store *s, int (*fn)(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN]),
+			     void *arg, psc_err *err)
+{
+	if (!s || !fn)
+		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_restore_due: NULL argument");
+	sqlite3_stmt *st;
+	psc_rc rc = st_get(s, ST_RESTORE_DUE, &st, err);
+	if (rc != PSC_OK)
+		return rc;
+	for (;;) {
+		bool row;
+		rc = st_step(s, st, &row, "reading table 'pscs'", err);
+		if (rc != PSC_OK)
+			return rc;
+		if (!row)
+			break;
+		uint8_t id[16];
+		if (!c_blob(st, 0, id, 16, NULL, true)) {
+			st_done(st);
+			return corrupt_row(s, err, "pscs");
+		}
+		if (fn(arg, id) != 0)
+			break;
+	}
+	st_done(st);
+	return PSC_OK;
 }
 
 psc_rc kms_store_highest_epoch(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t *out,

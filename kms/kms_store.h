@@ -206,6 +206,22 @@ psc_rc kms_store_epoch_previous(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LE
 psc_rc kms_store_epochs_by_kek(kms_store *s, const char *kek_id,
 			       int (*fn)(void *arg, const kms_epoch *e), void *arg,
 			       psc_err *err) PSC_WUR;
+/* Every stored blob NOT wrapped under kek_id ("" for all blobs), ordered by psc
+ * id, epoch: what a KEK rotation still has to re-wrap, what a restore checks. */
+psc_rc kms_store_epochs_not_kek(kms_store *s, const char *kek_id,
+				int (*fn)(void *arg, const kms_epoch *e), void *arg,
+				psc_err *err) PSC_WUR;
+/* How many blobs are not wrapped under kek_id (KEK rotation progress). */
+psc_rc kms_store_count_not_kek(kms_store *s, const char *kek_id, uint64_t *n,
+			       psc_err *err) PSC_WUR;
+/*
+ * Live PSCs whose highest epoch (raised by EPOCH_FLOOR at a restore) is above
+ * their current epoch: the daemon rekeys them above the floor (reason
+ * "restore") so no epoch number is ever issued twice. Ordered by psc id.
+ */
+psc_rc kms_store_restore_due(kms_store *s,
+			     int (*fn)(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN]), void *arg,
+			     psc_err *err) PSC_WUR;
 /* Highest epoch ever issued (or floored) for a PSC id; 0 if never. */
 psc_rc kms_store_highest_epoch(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t *out,
 			       psc_err *err) PSC_WUR;

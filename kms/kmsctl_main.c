@@ -19,6 +19,14 @@
  *   psc-kmsctl peer ban NODE-ID [-c CONFIG] [--json]
  *   psc-kmsctl policy reload [-c CONFIG] [--json]
  *   psc-kmsctl audit checkpoint [-c CONFIG] [--json]
+ *   psc-kmsctl psc destroy PSC-ID | peer show NODE-ID | peer unban NODE-ID
+ *   psc-kmsctl backup FILE [-c CONFIG] [--json]
+ *   psc-kmsctl rotate master-kek [--chunk N] [--pause-ms MS] [--wait] [-c CONFIG] [--json]
+ *
+ * Offline (the daemon stopped / not needed):
+ *
+ *   psc-kmsctl restore FILE [-c CONFIG] [--json]      (kms_backup.h)
+ *   psc-kmsctl audit pubkey [-c CONFIG] [-o FILE]     the audit public key, PEM
  *
  * The daemon answers JSON (kms_admin.h); --json prints it unchanged, otherwise
  * it is shown as indented "key: value" lines.
@@ -34,11 +42,13 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <zmq.h>
 
 #include "hsm_ceremony.h"
 #include "hsm_ctx.h"
+#include "kms_backup.h"
 #include "kms_config.h"
 #include "proto_cert.h"
 
@@ -53,8 +63,18 @@ static const char usage[] =
 	"       is reload://NODE-ID@OVERLAY/ (a random Node-ID unless --node-id), and\n"
 	"       CURVE keys for the peer socket when missing. Existing keys are kept\n"
 	"       unless --force, which destroys and recreates them (every stored epoch\n"
-	"       blob becomes unusable: only on a fresh installation).\n"
+	"       blob becomes unusable: only on a fresh installation). Also writes the\n"
+	"       audit public key (PEM) as audit-pub.pem next to the CSR, for\n"
+	"       psc-audit verify --pubkey.\n"
 	"\n"
+	"Offline (psc-kmsd stopped for restore; not needed for audit pubkey):\n"
+	"  psc-kmsctl restore FILE       [-c CONFIG] [--json]  put a backup in place: checks\n"
+	"       that every blob unwraps on this token (same master KEK), that the audit\n"
+	"       log reaches the backup's position, records an epoch floor per PSC from\n"
+	"       the audit log (psc-kmsd rekeys every PSC above it at its next start),\n"
+	"       audits kms.restore and keeps the replaced database as\n"
+	"       STATE_DB.replaced-TIME\n"
+	"  psc-kmsctl audit pubkey       [-c CONFIG] [-o FILE]  the audit public key (PEM)\n"
 	"\n"
 	"Against the running psc-kmsd, over its admin socket (admin_socket in CONFIG):\n"
 	"  psc-kmsctl status             [-c CONFIG] [--json]  uptime, HSM, audit, counts, policy\n"
@@ -64,6 +84,17 @@ static const char usage[] =
 	"  psc-kmsctl peer ban NODE-ID   [-c CONFIG] [--json]  ban a peer, evict it everywhere\n"
 	"  psc-kmsctl policy reload      [-c CONFIG] [--json]  reload policy_file\n"
 	"  psc-kmsctl audit checkpoint   [-c CONFIG] [--json]  write a signed checkpoint now\n"
+	"  psc-kmsctl psc destroy PSC-ID [-c CONFIG] [--json]  destroy a PSC (members told)\n"
+	"  psc-kmsctl peer show NODE-ID  [-c CONFIG] [--json]  one peer and its PSCs\n"
+	"  psc-kmsctl peer unban NODE-ID [-c CONFIG] [--json]  lift a ban (it must Initialize\n"
+	"                                                      and join again)\n"
+	"  psc-kmsctl backup FILE        [-c CONFIG] [--json]  online snapshot of the state\n"
+	"       (written by psc-kmsd as its service user; FILE must not exist)\n"
+	"  psc-kmsctl rotate master-kek  [--chunk N] [--pause-ms MS] [--wait] [-c CONFIG]\n"
+	"       [--json]  new master KEK in the token; every stored blob re-wrapped\n"
+	"       under it, N per step (default 64) with MS between steps (default 0);\n"
+	"       resumes by itself after a restart; --wait shows progress until done.\n"
+	"       Progress: psc-kmsctl status (kek_rotation)\n"
 	"--json prints the daemon's JSON answer unchanged.\n"
 	"\n"
 	"Exit status: 0 ok, 1 failure, 2 usage or configuration error.\n";
@@ -106,6 +137,175 @@ static int curve_keys(const kms_config *cfg)
 	if (rc == 0)
 		printf("CURVE keys: wrote %s (secret) and %s (give it to peers)\n",
 		       cfg->curve.secret_key_file, cfg->curve.public_key_file);
+	return rc;
+}
+
+/* audit-pub.pem in the CSR's directory. */
+static void audit_pub_path(const char *csr_path, char *out, size_t cap)
+{
+	const char *slash = strrchr(csr_path, '/');
+	if (slash)
+		snprintf(out, cap, "%.*s/audit-pub.pem", (int)(slash - csr_path), csr_path);
+	else
+		snprintf(out, cap, "audit-pub.pem");
+}
+
+/* The audit key's public half as PEM (SubjectPublicKeyInfo), to stream (path
+ * NULL) or a new file. 0 ok. */
+static int write_audit_pub(hsm_ctx *hsm, const char *path)
+{
+	EVP_PKEY *key = NULL;
+	psc_err err;
+	psc_err_clear(&err);
+	if (hsm_audit_key(hsm, &key, &err) != PSC_OK) {
+		fprintf(stderr, "psc-kmsctl: %s\n", psc_err_text(&err));
+		return -1;
+	}
+	BIO *b = BIO_new(BIO_s_mem());
+	char *pem = NULL;
+	long n = 0;
+	if (b && PEM_write_bio_PUBKEY(b, key) == 1)
+		n = BIO_get_mem_data(b, &pem);
+	int rc = -1;
+	if (n <= 0) {
+		fprintf(stderr, "psc-kmsctl: cannot encode the audit public key\n");
+	} else {
+		char *text = strndup(pem, (size_t)n);
+		if (!text)
+			fprintf(stderr, "psc-kmsctl: out of memory\n");
+		else if (!path)
+			rc = fputs(text, stdout) >= 0 ? 0 : -1;
+		else if ((rc = write_new(path, text, 0644)) == 0)
+			printf("audit public key written to %s (for psc-audit verify --pubkey)\n",
+			       path);
+		free(text);
+	}
+	BIO_free(b);
+	EVP_PKEY_free(key);
+	return rc;
+}
+
+/* Opens the token named in cfg (psc-kms keys required). NULL on failure
+ * (message printed). */
+static hsm_ctx *open_token(const kms_config *cfg)
+{
+	uint8_t pin[HSM_PIN_MAX + 1];
+	size_t pin_len = 0;
+	psc_err err;
+	psc_err_clear(&err);
+	if (kms_secret_read(cfg->hsm.pin_file, pin, HSM_PIN_MAX, &pin_len, &err) != PSC_OK) {
+		fprintf(stderr, "psc-kmsctl: %s\n", psc_err_text(&err));
+		return NULL;
+	}
+	pin[pin_len] = '\0';
+	hsm_config hc = {.module_path = cfg->hsm.module, .token_label = cfg->hsm.token_label,
+			 .pin = (const char *)pin, .sessions = 1};
+	hsm_ctx *hsm = NULL;
+	psc_rc prc = hsm_ctx_new(&hsm, &hc, &err);
+	OPENSSL_cleanse(pin, sizeof(pin));
+	if (prc != PSC_OK) {
+		fprintf(stderr, "psc-kmsctl: %s\n", psc_err_text(&err));
+		return NULL;
+	}
+	return hsm;
+}
+
+/* psc-kmsctl audit pubkey [-c CONFIG] [-o FILE] */
+static int cmd_audit_pubkey(int argc, char **argv)
+{
+	const char *config = "/etc/psc-kms/kms.yaml", *out = NULL;
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+			config = argv[++i];
+		else if (strcmp(argv[i], "-o") == 0 && i + 1 < argc)
+			out = argv[++i];
+		else {
+			fprintf(stderr, "psc-kmsctl audit pubkey: unknown argument '%s'\n%s", argv[i],
+				usage);
+			return 2;
+		}
+	}
+	kms_config *cfg = NULL;
+	psc_err err;
+	psc_err_clear(&err);
+	if (kms_config_load(&cfg, config, &err) != PSC_OK) {
+		fprintf(stderr, "psc-kmsctl: %s\n", psc_err_text(&err));
+		return 2;
+	}
+	hsm_ctx *hsm = open_token(cfg);
+	int rc = hsm && write_audit_pub(hsm, out) == 0 ? 0 : 1;
+	hsm_ctx_free(&hsm);
+	kms_config_free(&cfg);
+	return rc;
+}
+
+/* psc-kmsctl restore FILE [-c CONFIG] [--json] (kms_backup.h) */
+static int cmd_restore(int argc, char **argv)
+{
+	const char *config = "/etc/psc-kms/kms.yaml", *file = NULL;
+	bool json = false;
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc)
+			config = argv[++i];
+		else if (strcmp(argv[i], "--json") == 0)
+			json = true;
+		else if (argv[i][0] != '-' && !file)
+			file = argv[i];
+		else {
+			fprintf(stderr, "psc-kmsctl restore: unknown argument '%s'\n%s", argv[i],
+				usage);
+			return 2;
+		}
+	}
+	if (!file) {
+		fprintf(stderr, "psc-kmsctl restore: which backup file?\n%s", usage);
+		return 2;
+	}
+	kms_config *cfg = NULL;
+	psc_err err;
+	psc_err_clear(&err);
+	if (kms_config_load(&cfg, config, &err) != PSC_OK) {
+		fprintf(stderr, "psc-kmsctl: %s\n", psc_err_text(&err));
+		return 2;
+	}
+	int rc = 1;
+	EVP_PKEY *akey = NULL;
+	hsm_ctx *hsm = open_token(cfg);
+	if (!hsm)
+		goto out;
+	if (hsm_audit_key(hsm, &akey, &err) != PSC_OK) {
+		fprintf(stderr, "psc-kmsctl: %s\n", psc_err_text(&err));
+		goto out;
+	}
+	kms_restore_opts o = {.backup = file, .cfg = cfg, .hsm = hsm, .audit_key = akey,
+			      .progress = json ? NULL : stdout};
+	kms_restore_result r;
+	if (kms_restore(&o, &r, &err) != PSC_OK) {
+		if (json)
+			printf("{\"ok\":false,\"error\":\"restore failed (see stderr)\"}\n");
+		fprintf(stderr, "psc-kmsctl: restore refused, nothing changed: %s\n",
+			psc_err_text(&err));
+		goto out;
+	}
+	if (json)
+		printf("{\"ok\":true,\"backup_seq\":%llu,\"audit_seq\":%llu,\"pscs\":%llu,"
+		       "\"blobs\":%llu,\"epoch_floors\":%llu,\"rekeys_due\":%llu}\n",
+		       (unsigned long long)r.backup_seq, (unsigned long long)r.audit_seq,
+		       (unsigned long long)r.pscs_live, (unsigned long long)r.blobs,
+		       (unsigned long long)r.floors, (unsigned long long)r.rekeys_due);
+	else
+		printf("restored %s into %s (kms.restore is audit record %llu)\n"
+		       "%llu epoch floors recorded; psc-kmsd rekeys %llu PSCs above every epoch "
+		       "ever issued when it starts\n%s%s%s",
+		       file, cfg->state_db, (unsigned long long)r.audit_seq,
+		       (unsigned long long)r.floors, (unsigned long long)r.rekeys_due,
+		       r.replaced[0] ? "the previous database is kept as " : "",
+		       r.replaced, r.replaced[0] ? "\n" : "");
+	rc = 0;
+out:
+	EVP_PKEY_free(akey);
+	hsm_ctx_free(&hsm);
+	kms_config_free(&cfg);
 	return rc;
 }
 
@@ -176,10 +376,14 @@ static int cmd_init(int argc, char **argv)
 	uint8_t kek[HSM_KEK_ID_LEN];
 	char *csr = NULL;
 	prc = hsm_ceremony(hsm, &o, kek, &csr, &err);
+	char pub_path[4200];
+	audit_pub_path(csr_path, pub_path, sizeof(pub_path));
 	if (prc == PSC_E_HSM_KEY_EXISTS) {
 		printf("token '%s' already holds the psc-kms keys: nothing changed (use --force "
 		       "only on a fresh installation)\n", cfg->hsm.token_label);
 		rc = curve_keys(cfg) ? 1 : 0;
+		if (rc == 0 && access(pub_path, F_OK) != 0)
+			rc = write_audit_pub(hsm, pub_path) ? 1 : 0;
 		goto out;
 	}
 	if (prc != PSC_OK) {
@@ -194,7 +398,7 @@ static int cmd_init(int argc, char **argv)
 	printf("token '%s': created master KEK, identity key pair (%s), audit key pair\n",
 	       cfg->hsm.token_label, rsa ? "RSA" : "ECDSA P-256");
 	printf("KMS Node-ID %s\nCSR written to %s\n", hex, csr_path);
-	if (curve_keys(cfg) != 0)
+	if (write_audit_pub(hsm, pub_path) != 0 || curve_keys(cfg) != 0)
 		goto out;
 	printf("next: have the overlay CA sign %s and install the certificate as %s, then "
 	       "start psc-kmsd\n", csr_path, cfg->identity.certificate);
@@ -415,41 +619,154 @@ out:
 	return rc;
 }
 
-/* status | psc list | psc show ID | peer list | peer ban ID | policy reload |
- * audit checkpoint, with -c CONFIG and --json anywhere after the command. */
+/* The daemon reads requests of at most 512 bytes; a backup path is at most 255. */
+#define ADMIN_LINE_MAX 300
+
+/* Commands sent to the daemon: words, and how many arguments follow them. */
+static const struct {
+	const char *words;
+	int args;
+} admin_cmds[] = {
+    {"status", 0},	   {"psc list", 0},	      {"psc show", 1},
+    {"psc destroy", 1},	   {"peer list", 0},	      {"peer show", 1},
+    {"peer ban", 1},	   {"peer unban", 1},	      {"policy reload", 0},
+    {"audit checkpoint", 0}, {"backup", 1},	      {"rotate master-kek", 0},
+};
+
+/* Appends to an admin request line; false if it would not fit. */
+static bool line_add(char *line, size_t cap, const char *sep, const char *word)
+{
+	size_t used = strlen(line);
+	if (used + strlen(sep) + strlen(word) + 1 > cap)
+		return false;
+	memcpy(line + used, sep, strlen(sep));
+	memcpy(line + used + strlen(sep), word, strlen(word) + 1);
+	return true;
+}
+
+/* A "key":number member of a flat JSON reply (0 if absent). */
+static unsigned long long reply_num(const char *json, const char *key)
+{
+	char pat[64];
+	snprintf(pat, sizeof(pat), "\"%s\":", key);
+	const char *p = strstr(json, pat);
+	return p ? strtoull(p + strlen(pat), NULL, 10) : 0;
+}
+
+/* rotate master-kek --wait: status until the rotation is over, a line per change. */
+static int wait_rotation(const kms_config *cfg)
+{
+	unsigned long long last_left = (unsigned long long)-1;
+	for (;;) {
+		char *reply = NULL;
+		if (admin_call(cfg, "status", 10000, &reply) != 0)
+			return 1;
+		const char *kr = strstr(reply, "\"kek_rotation\":{");
+		bool active = kr && strncmp(kr + 16, "\"active\":true", 13) == 0;
+		if (!active) {
+			const char *to = kr ? strstr(kr, "\"last_done_to\":\"") : NULL;
+			printf("KEK rotation done%s%.*s\n", to ? ": current KEK " : "", to ? 32 : 0,
+			       to ? to + 16 : "");
+			free(reply);
+			return 0;
+		}
+		unsigned long long left = reply_num(kr, "remaining"), done = reply_num(kr, "rewrapped");
+		if (left != last_left)
+			printf("KEK rotation: %llu re-wrapped, %llu to go\n", done, left);
+		fflush(stdout);
+		last_left = left;
+		const char *le = strstr(kr, "\"last_error\":\"");
+		if (le)
+			fprintf(stderr, "psc-kmsctl: the last step failed (it is retried): %.200s\n",
+				le + 14);
+		free(reply);
+		usleep(500 * 1000);
+	}
+}
+
+/* Commands for the running daemon, with -c CONFIG, --json and (rotate) --chunk,
+ * --pause-ms, --wait anywhere after the command. */
 static int cmd_admin(int argc, char **argv)
 {
-	const char *config = "/etc/psc-kms/kms.yaml";
-	bool json = false;
-	char line[512] = "";
-	size_t words = 0;
+	const char *config = "/etc/psc-kms/kms.yaml", *chunk = NULL, *pause = NULL;
+	bool json = false, wait = false;
+	char line[ADMIN_LINE_MAX] = "";
+	const char *words[4] = {0};
+	size_t n = 0;
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) {
 			config = argv[++i];
 		} else if (strcmp(argv[i], "--json") == 0) {
 			json = true;
-		} else if (argv[i][0] == '-' || strchr(argv[i], ' ') ||
-			   strlen(line) + strlen(argv[i]) + 2 > sizeof(line)) {
-			fprintf(stderr, "psc-kmsctl: unknown argument '%s'\n%s", argv[i], usage);
+		} else if (strcmp(argv[i], "--wait") == 0) {
+			wait = true;
+		} else if (strcmp(argv[i], "--chunk") == 0 && i + 1 < argc) {
+			chunk = argv[++i];
+		} else if (strcmp(argv[i], "--pause-ms") == 0 && i + 1 < argc) {
+			pause = argv[++i];
+		} else if (argv[i][0] == '-' || strpbrk(argv[i], " \t\r\n") || n == 4 ||
+			   strlen(argv[i]) > 1000) {
+			fprintf(stderr, "psc-kmsctl: unknown or unusable argument '%s'\n%s", argv[i],
+				usage);
 			return 2;
 		} else {
-			if (words++)
-				strcat(line, " ");
-			strcat(line, argv[i]);
+			words[n++] = argv[i];
 		}
 	}
-	static const char *const known[] = {"status", "psc list", "psc show ", "peer list",
-					    "peer ban ", "policy reload", "audit checkpoint"};
-	bool ok = false;
-	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
-		size_t kl = strlen(known[i]);
-		if (known[i][kl - 1] == ' ' ? strncmp(line, known[i], kl) == 0 && words == 3
-					    : strcmp(line, known[i]) == 0)
-			ok = true;
+	int found = -1;
+	for (size_t c = 0; c < sizeof(admin_cmds) / sizeof(admin_cmds[0]) && found < 0; c++) {
+		char joined[64] = "";
+		size_t w = 0;
+		for (; w < n && strlen(joined) < strlen(admin_cmds[c].words); w++)
+			snprintf(joined + strlen(joined), sizeof(joined) - strlen(joined), "%s%s",
+				 w ? " " : "", words[w]);
+		if (strcmp(joined, admin_cmds[c].words) == 0 && n == w + (size_t)admin_cmds[c].args)
+			found = (int)c;
 	}
-	if (!ok) {
-		fprintf(stderr, "psc-kmsctl: unknown command '%s'\n%s", line, usage);
+	bool rotate = found >= 0 && strcmp(admin_cmds[found].words, "rotate master-kek") == 0;
+	if (found < 0 || ((chunk || pause || wait) && !rotate)) {
+		fprintf(stderr, "psc-kmsctl: unknown command '");
+		for (size_t w = 0; w < n; w++)
+			fprintf(stderr, "%s%s", w ? " " : "", words[w]);
+		fprintf(stderr, "'%s\n%s", found >= 0 ? " with those options" : "", usage);
 		return 2;
+	}
+	for (size_t w = 0; w < n; w++) {
+		const char *word = words[w];
+		char abs[ADMIN_LINE_MAX];
+		/* The daemon writes the backup: it needs an absolute path. */
+		if (strcmp(admin_cmds[found].words, "backup") == 0 && w == n - 1 && word[0] != '/') {
+			char cwd[512];
+			if (!getcwd(cwd, sizeof(cwd))) {
+				fprintf(stderr, "psc-kmsctl: cannot resolve '%s': %s\n", word,
+					strerror(errno));
+				return 2;
+			}
+			if (strlen(cwd) + strlen(word) + 2 > sizeof(abs)) {
+				fprintf(stderr, "psc-kmsctl: backup path too long\n");
+				return 2;
+			}
+			abs[0] = '\0';
+			(void)!line_add(abs, sizeof(abs), "", cwd);
+			(void)!line_add(abs, sizeof(abs), "/", word);
+			word = abs;
+		}
+		if (!line_add(line, ADMIN_LINE_MAX, w ? " " : "", word)) {
+			fprintf(stderr, "psc-kmsctl: '%s' is too long (a request is at most %d "
+				"bytes)\n", word, ADMIN_LINE_MAX - 1);
+			return 2;
+		}
+	}
+	if (rotate) {
+		if (chunk && strcmp(chunk, "0") == 0) {
+			fprintf(stderr, "psc-kmsctl: --chunk must be at least 1\n");
+			return 2;
+		}
+		if (!line_add(line, ADMIN_LINE_MAX, " ", chunk ? chunk : "0") ||
+		    (pause && !line_add(line, ADMIN_LINE_MAX, " ", pause))) {
+			fprintf(stderr, "psc-kmsctl: --chunk / --pause-ms value too long\n");
+			return 2;
+		}
 	}
 	kms_config *cfg = NULL;
 	psc_err err;
@@ -459,11 +776,16 @@ static int cmd_admin(int argc, char **argv)
 		return 2;
 	}
 	char *reply = NULL;
-	int timeout = strncmp(line, "peer ban", 8) == 0 ? 60000 : 10000;
+	int timeout = 10000;
+	if (strncmp(line, "peer ban", 8) == 0 || strncmp(line, "psc destroy", 11) == 0)
+		timeout = 60000;
+	else if (strncmp(line, "backup", 6) == 0)
+		timeout = 600000;
 	int rc = admin_call(cfg, line, timeout, &reply);
-	kms_config_free(&cfg);
-	if (rc != 0)
+	if (rc != 0) {
+		kms_config_free(&cfg);
 		return 1;
+	}
 	bool success = strncmp(reply, "{\"ok\":true", 10) == 0;
 	if (json) {
 		printf("%s\n", reply);
@@ -480,6 +802,9 @@ static int cmd_admin(int argc, char **argv)
 			fprintf(stderr, "psc-kmsctl: the daemon's answer is not well-formed JSON\n");
 	}
 	free(reply);
+	if (success && rotate && wait)
+		success = wait_rotation(cfg) == 0;
+	kms_config_free(&cfg);
 	return success ? 0 : 1;
 }
 
@@ -491,9 +816,14 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "init") == 0)
 		return cmd_init(argc - 2, argv + 2);
+	if (strcmp(argv[1], "restore") == 0)
+		return cmd_restore(argc - 2, argv + 2);
+	if (strcmp(argv[1], "audit") == 0 && argc > 2 && strcmp(argv[2], "pubkey") == 0)
+		return cmd_audit_pubkey(argc - 3, argv + 3);
 	if (strcmp(argv[1], "status") == 0 || strcmp(argv[1], "psc") == 0 ||
 	    strcmp(argv[1], "peer") == 0 || strcmp(argv[1], "policy") == 0 ||
-	    strcmp(argv[1], "audit") == 0)
+	    strcmp(argv[1], "audit") == 0 || strcmp(argv[1], "backup") == 0 ||
+	    strcmp(argv[1], "rotate") == 0)
 		return cmd_admin(argc - 1, argv + 1);
 	fprintf(stderr, "psc-kmsctl: unknown command '%s'\n%s", argv[1], usage);
 	return 2;

@@ -196,6 +196,61 @@ static void status_lists_ban_reload_checkpoint(void **state)
 	assert_non_null(strstr(out, "\"ok\":false"));
 	free(out);
 
+	/* peer show: the record and its memberships */
+	char a_hex[33];
+	pt_hex(a->node_id, 16, a_hex);
+	assert_int_equal(ctl(&out, "peer", "show", a_hex, "--json"), 0);
+	assert_non_null(strstr(out, "\"subject\":\""));
+	assert_non_null(strstr(out, "\"banned\":false"));
+	assert_non_null(strstr(out, "\"connected\":true"));
+	assert_non_null(strstr(out, psc_hex));
+	free(out);
+	assert_int_equal(ctl(&out, "peer", "show", c_hex, NULL), 0); /* human-readable */
+	assert_non_null(strstr(out, "banned: true"));
+	assert_non_null(strstr(out, "memberships:\n"));
+	free(out);
+	assert_int_equal(ctl(&out, "peer", "show", "00112233445566778899aabbccddeeff", NULL), 1);
+	assert_non_null(strstr(out, "psc-kmsctl: peer 00112233445566778899aabbccddeeff"));
+	free(out);
+
+	/* unban: audited, the peer may Initialize again (its memberships stay gone) */
+	assert_int_equal(ctl(&out, "peer", "unban", c_hex, "--json"), 0);
+	assert_non_null(strstr(out, "\"unbanned\":\""));
+	free(out);
+	assert_int_equal(ctl(&out, "peer", "unban", c_hex, NULL), 1);
+	assert_non_null(strstr(out, "is not banned"));
+	free(out);
+	assert_true(rp_initialize_wait(c, WAIT));
+	assert_false(c->is_error);
+	assert_int_equal(ctl(&out, "status", "--json", NULL, NULL), 0);
+	assert_int_equal(jnum(out, "counts", "peers_banned"), 0);
+	assert_int_equal(jnum(out, "counts", "memberships"), 2);
+	free(out);
+
+	/* psc destroy by the operator: members told, the PSC a tombstone */
+	if (ctl(&out, "psc", "destroy", psc_hex, "--json") != 0)
+		fail_msg("psc destroy: %s", out);
+	assert_non_null(strstr(out, "\"destroyed\":\""));
+	free(out);
+	refresh(a, psc, PSC_REFRESH_DESTROYED);
+	refresh(b, psc, PSC_REFRESH_DESTROYED);
+	assert_int_equal(ctl(&out, "psc", "list", "--json", NULL), 0);
+	assert_null(strstr(out, psc_hex));
+	free(out);
+	assert_int_equal(ctl(&out, "psc", "show", psc_hex, "--json"), 0);
+	assert_non_null(strstr(out, "\"destroyed\":true"));
+	free(out);
+	assert_int_equal(ctl(&out, "psc", "destroy", psc_hex, NULL), 1);
+	assert_non_null(strstr(out, "no live PSC"));
+	free(out);
+
+	/* unknown commands and misplaced options are usage errors */
+	assert_int_equal(ctl(&out, "peer", "frobnicate", c_hex, NULL), 2);
+	assert_non_null(strstr(out, "unknown command"));
+	free(out);
+	assert_int_equal(ctl(&out, "status", "--wait", NULL, NULL), 2);
+	free(out);
+
 	/* policy reload and audit checkpoint */
 	assert_int_equal(ctl(&out, "policy", "reload", "--json", NULL), 0);
 	assert_non_null(strstr(out, "\"revision\":\""));
@@ -205,12 +260,29 @@ static void status_lists_ban_reload_checkpoint(void **state)
 	free(out);
 
 	/* the ban and the eviction are in the audit log, which still verifies */
-	char cmd[9000];
+	char cmd[40000];
 	snprintf(cmd, sizeof(cmd),
 		 "grep -h '\"peer.ban\"' '%s'/audit/audit-*.jsonl | grep -q '%s' && "
-		 "grep -h '\"psc.evict\"' '%s'/audit/audit-*.jsonl | grep -q 'banned by the operator'",
-		 fx.kmsdir, c_hex, fx.kmsdir);
+		 "grep -h '\"psc.evict\"' '%s'/audit/audit-*.jsonl | grep -q 'banned by the operator' && "
+		 "grep -h '\"peer.ban\"' '%s'/audit/audit-*.jsonl | grep -q '\"action\":\"unban\"' && "
+		 "grep -h '\"psc.destroy\"' '%s'/audit/audit-*.jsonl | grep -q 'psc-kmsctl'",
+		 fx.kmsdir, c_hex, fx.kmsdir, fx.kmsdir, fx.kmsdir);
 	assert_int_equal(kmsfx_sh(cmd), 0);
+
+	/* the audit public key, exported from the token, verifies the log offline
+	 * (init wrote the same key next to the CSR) */
+	char pub[4400], pub2[4400];
+	snprintf(pub, sizeof(pub), "%s/audit-pub.pem", fx.kmsdir);
+	snprintf(pub2, sizeof(pub2), "%s/exported-pub.pem", fx.dir);
+	setenv("SOFTHSM2_CONF", fx.softhsm, 1);
+	assert_int_equal(ctl(&out, "audit", "pubkey", "-o", pub2), 0);
+	free(out);
+	snprintf(cmd, sizeof(cmd), "cmp '%s' '%s' && grep -q 'BEGIN PUBLIC KEY' '%s'", pub, pub2,
+		 pub);
+	assert_int_equal(kmsfx_sh(cmd), 0);
+	assert_int_equal(kmsfx_audit(&fx, "verify", "--pubkey", pub2, &out), 0);
+	assert_non_null(strstr(out, "signature"));
+	free(out);
 
 	rp_free(&a);
 	rp_free(&b);
