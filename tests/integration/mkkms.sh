@@ -56,7 +56,9 @@ CONF
 init=$("$bin/psc-kmsctl" init -c "$out/kms.yaml" --subject "/O=PSC Test/OU=kms/CN=kms")
 node=$(sed -n 's/^KMS Node-ID \([0-9a-f]*\)$/\1/p' <<<"$init")
 [ -n "$node" ] || { echo "mkkms: ceremony output: $init" >&2; exit 1; }
-PSC_SAN="URI:reload://$node@$(cat "$ca/overlay")/" openssl ca -batch -config "$ca/ca/ca.cnf" \
+# ctest runs tests in parallel: `openssl ca` updates the CA's index and serial
+# files and must not run twice at once.
+PSC_SAN="URI:reload://$node@$(cat "$ca/overlay")/" flock "$ca/ca/.lock" openssl ca -batch -config "$ca/ca/ca.cnf" \
 	-extensions v3_peer -notext -days 30 -in "$out/kms.crt.pem.csr" -out "$out/kms.crt.pem" 2>/dev/null
 echo "KMS_CONFIG=$out/kms.yaml"
 echo "KMS_CERT=$out/kms.crt.pem"
