@@ -204,6 +204,8 @@ static void cmd_status(kms_admin *a)
 	jb_kbool(b, "healthy", hsm_healthy(k->hsm));
 	jb_kstr(b, "token", k->cfg->hsm.token_label);
 	jb_kstr(b, "kek_id", k->kek_id);
+	jb_ku64(b, "workers", kms_pool_workers(k->pool));
+	jb_ku64(b, "fanouts_busy", kms_pool_busy(k->pool));
 	jb_put(b, "}");
 	jb_key(b, "audit");
 	jb_put(b, "{");
