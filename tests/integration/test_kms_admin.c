@@ -111,6 +111,8 @@ static void status_lists_ban_reload_checkpoint(void **state)
 	assert_non_null(strstr(out, "\"audit\":{\"healthy\":true"));
 	assert_true(jnum(out, "audit", "last_seq") >= 1);
 	assert_non_null(strstr(out, "\"policy\":{\"revision\":\""));
+	assert_int_equal(jnum(out, "hsm", "workers"), 2); /* mkkms.sh's hsm.workers */
+	assert_int_equal(jnum(out, "hsm", "fanouts_busy"), 0);
 	free(out);
 	assert_int_equal(ctl(&out, "status", NULL, NULL, NULL), 0); /* human-readable */
 	assert_non_null(strstr(out, "uptime_s: "));
