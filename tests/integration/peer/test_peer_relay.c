@@ -6,14 +6,16 @@
  * one, connected to the relay and subscribed to the PSC's frames, receive
  * frames they cannot open; a frame altered (or replayed) by anyone at the
  * relay is rejected by every member; after the relay restarts the members'
- * ZeroMQ sockets reconnect by themselves and messages flow again; bad relay
- * arguments exit 2 naming the argument.
+ * ZeroMQ sockets reconnect by themselves and messages flow again; frames over
+ * --max-frame and multipart messages are dropped and counted (SIGUSR1 prints
+ * the counters); bad relay arguments exit 2 naming the argument.
  * Delivery is best effort (a frame published before a subscription reached
  * the publisher is lost), so steps that depend on connections being up repeat
  * their send until it arrives, within generous bounds: nothing here measures
  * time.
  */
 #include <pthread.h>
+#include <signal.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -515,6 +517,78 @@ static void test_relay_restart(void **state)
 	assert_int_equal(E->n_rx, 0); /* never a member: nothing ever opened */
 }
 
+static int log_has(const char *path, const char *want)
+{
+	size_t n = 0;
+	char *t = pt_read_text(path, &n);
+	int yes = t && strstr(t, want);
+	free(t);
+	return yes;
+}
+
+/* --max-frame and multipart: a second relay (plain TCP) between raw sockets;
+ * what it drops is counted, printed on SIGUSR1 and at exit. */
+static void test_relay_drops_and_counts(void **state)
+{
+	(void)state;
+	char pub_ep[64], sub_ep[64], log[4300];
+	snprintf(pub_ep, sizeof(pub_ep), "tcp://127.0.0.1:%d", pt_free_port());
+	snprintf(sub_ep, sizeof(sub_ep), "tcp://127.0.0.1:%d", pt_free_port());
+	snprintf(log, sizeof(log), "%s/relay-limits.log", FX.dir);
+	char *argv[] = {PSC_RELAY_BIN, "--publish-endpoint", pub_ep, "--subscribe-endpoint",
+			sub_ep, "--max-frame", "200", NULL};
+	pt_proc p;
+	assert_int_equal(pt_proc_start(&p, argv, NULL, log), 0);
+	int64_t end = now_ms() + WAIT_MS;
+	while (!log_has(log, "psc-relay: ready")) {
+		if (pt_proc_wait(&p, 20) != -1 || now_ms() > end)
+			fail_msg("psc-relay --max-frame 200 did not start");
+	}
+	void *pub = zmq_socket(FX.zctx, ZMQ_PUB), *sub = zmq_socket(FX.zctx, ZMQ_SUB);
+	int zero = 0, to = 100;
+	zmq_setsockopt(pub, ZMQ_LINGER, &zero, sizeof(zero));
+	zmq_setsockopt(sub, ZMQ_LINGER, &zero, sizeof(zero));
+	zmq_setsockopt(sub, ZMQ_RCVTIMEO, &to, sizeof(to));
+	assert_int_equal(zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0), 0);
+	assert_int_equal(zmq_connect(sub, sub_ep), 0);
+	assert_int_equal(zmq_connect(pub, pub_ep), 0);
+	uint8_t small[100], big[300], buf[512];
+	memset(small, 's', sizeof(small));
+	memset(big, 'b', sizeof(big));
+	/* Until one small frame went through: both connections and the
+	 * subscription are up; from here on order is kept. */
+	for (;;) {
+		assert_int_equal(zmq_send(pub, small, sizeof(small), 0), (int)sizeof(small));
+		if (zmq_recv(sub, buf, sizeof(buf), 0) == (int)sizeof(small))
+			break;
+		if (now_ms() > end)
+			fail_msg("nothing went through psc-relay");
+	}
+	while (zmq_recv(sub, buf, sizeof(buf), 0) >= 0)
+		; /* the other small ones */
+	assert_int_equal(zmq_send(pub, big, sizeof(big), 0), (int)sizeof(big));
+	assert_int_equal(zmq_send(pub, small, 50, ZMQ_SNDMORE), 50);
+	assert_int_equal(zmq_send(pub, small, 50, 0), 50);
+	small[0] = 'm';
+	assert_int_equal(zmq_send(pub, small, sizeof(small), 0), (int)sizeof(small));
+	int n;
+	while ((n = zmq_recv(sub, buf, sizeof(buf), 0)) < 0)
+		if (now_ms() > end)
+			fail_msg("the marker frame did not go through psc-relay");
+	assert_int_equal(n, (int)sizeof(small)); /* the oversize and multipart ones were not */
+	assert_int_equal(buf[0], 'm');
+	pt_proc_kill(&p, SIGUSR1);
+	while (!log_has(log, "dropped 1 oversize, 1 multipart"))
+		if (now_ms() > end)
+			fail_msg("psc-relay did not print its counters on SIGUSR1");
+		else
+			usleep(20000);
+	zmq_close(pub);
+	zmq_close(sub);
+	assert_int_equal(pt_proc_stop(&p, 10000), 0);
+	assert_true(log_has(log, "psc-relay: stopped: forwarded"));
+}
+
 static void expect_usage(char *const *argv, const char *want)
 {
 	char *out = NULL;
@@ -593,6 +667,7 @@ int main(void)
 	    cmocka_unit_test(test_outsiders_cannot_open),
 	    cmocka_unit_test(test_tampered_frame_rejected),
 	    cmocka_unit_test(test_relay_restart),
+	    cmocka_unit_test(test_relay_drops_and_counts),
 	    cmocka_unit_test(test_bad_arguments),
 	};
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
