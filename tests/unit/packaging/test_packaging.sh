@@ -189,7 +189,7 @@ test_deb() {
 	local list f
 	list=$(dpkg-deb -c "$deb" | awk '{print $1, $6}' | sed 's| \./| /|')
 	for f in /usr/sbin/psc-kmsd /usr/sbin/psc-kmsctl /usr/bin/psc-audit /usr/bin/psc-policy \
-		/usr/bin/psc-wire /usr/bin/psc-peer; do
+		/usr/bin/psc-wire /usr/bin/psc-peer /usr/bin/psc-relay; do
 		grep -q "^-rwxr-xr-x $f$" <<<"$list" || fail "$f missing or not 0755"
 	done
 	for f in /etc/psc-kms/kms.yaml /etc/psc-kms/policy.yaml /etc/psc-kms/softhsm2.conf \
