@@ -10,6 +10,9 @@
  *               opened and every member sends M messages that every member opens.
  *   PSC (joins) the same N, other identities: the owner establishes alone and
  *               the others join one by one (a rekey each).
+ *   PSC (relay) as PSC, other identities, with the channel in relay mode: every
+ *               member's PUB and SUB connect to one psc-relay process (2N
+ *               connections, run in full at every N); its CPU is counted.
  *   TLS 1.3 / DTLS 1.2 mesh   psc_vs_tls_mesh.c.
  * Figures: setup CPU (this process's getrusage, all threads, plus psc-kmsd's
  * /proc/<pid>/stat), setup wall time until every member can send, time to the
@@ -58,6 +61,9 @@ static struct {
 	char ca[4200], kmsdir[4200], config[4200], cert[4200], softhsm[4200], log[4200];
 	char curve[64], endpoint[64];
 	int kms_port;
+	int relay_ports[2]; /* psc-relay: publish (XSUB), subscribe (XPUB) */
+	char relay_ep[2][64], relay_log[4200];
+	pt_proc relay;
 	int next_port; /* data endpoints: below the ephemeral range, see data_port() */
 	pt_proc kmsd;
 } fx;
@@ -67,6 +73,8 @@ _Noreturn static void die(const char *what)
 	fprintf(stderr, "psc_vs_tls: %s\n", what);
 	if (fx.kmsd.pid > 0)
 		pt_proc_stop(&fx.kmsd, 5000);
+	if (fx.relay.pid > 0 && !fx.relay.exited)
+		pt_proc_stop(&fx.relay, 5000);
 	if (fx.dir[0] && !getenv("PSC_KEEP"))
 		pt_rm_rf(fx.dir);
 	else if (fx.dir[0])
@@ -76,9 +84,14 @@ _Noreturn static void die(const char *what)
 
 /* ---- CPU and bytes --------------------------------------------------------- */
 
+static double relay_cpu(void)
+{
+	return fx.relay.pid > 0 && !fx.relay.exited ? bench_proc_cpu((int)fx.relay.pid) : 0;
+}
+
 static double cpu_all(void)
 {
-	return bench_self_cpu() + bench_proc_cpu((int)fx.kmsd.pid);
+	return bench_self_cpu() + bench_proc_cpu((int)fx.kmsd.pid) + relay_cpu();
 }
 
 /* TCP payload bytes by socket inode: what this process's sockets received,
@@ -125,8 +138,11 @@ static void snap_take(snap *out)
 		double b = (double)ti.tcpi_bytes_received;
 		struct sockaddr_in pa;
 		socklen_t pl = sizeof(pa);
+		/* the other end in another process (psc-kmsd, psc-relay): count what
+		 * we sent too */
 		if (getpeername(fd, (struct sockaddr *)&pa, &pl) == 0 && pa.sin_family == AF_INET &&
-		    ntohs(pa.sin_port) == fx.kms_port)
+		    (ntohs(pa.sin_port) == fx.kms_port || ntohs(pa.sin_port) == fx.relay_ports[0] ||
+		     ntohs(pa.sin_port) == fx.relay_ports[1]))
 			b += (double)ti.tcpi_bytes_acked;
 		if (out->n == cap) {
 			cap = cap ? 2 * cap : 1024;
@@ -244,6 +260,42 @@ static void install(void)
 	die("psc-kmsd did not start listening");
 }
 
+/* A fresh psc-relay (plain TCP, like the direct channel) for one relay run;
+ * started before the run like psc-kmsd, its CPU counted while it runs. */
+static void relay_start(void)
+{
+	char bin[4200], hwm[] = "100000";
+	snprintf(bin, sizeof(bin), "%s/peer-sdk/psc-relay", PSC_BINARY_DIR);
+	for (int i = 0; i < 2; i++) {
+		fx.relay_ports[i] = pt_free_port();
+		snprintf(fx.relay_ep[i], sizeof(fx.relay_ep[i]), "tcp://127.0.0.1:%d",
+			 fx.relay_ports[i]);
+	}
+	snprintf(fx.relay_log, sizeof(fx.relay_log), "%s/relay.log", fx.dir);
+	char *argv[] = {bin, "--publish-endpoint", fx.relay_ep[0], "--subscribe-endpoint",
+			fx.relay_ep[1], "--hwm", hwm, NULL};
+	if (pt_proc_start(&fx.relay, argv, NULL, fx.relay_log) != 0)
+		die("cannot start psc-relay");
+	for (int i = 0; i < 500; i++) {
+		size_t n = 0;
+		char *txt = (char *)pt_read_file(fx.relay_log, &n);
+		bool ready = txt && memmem(txt, n, "psc-relay: ready", 16);
+		free(txt);
+		if (ready)
+			return;
+		if (pt_proc_wait(&fx.relay, 20) != -1)
+			die("psc-relay exited at startup (see its log)");
+	}
+	die("psc-relay did not start");
+}
+
+static void relay_stop(void)
+{
+	if (pt_proc_stop(&fx.relay, 5000) != 0)
+		die("psc-relay did not stop cleanly");
+	fx.relay_ports[0] = fx.relay_ports[1] = 0;
+}
+
 /* ---- PSC members ------------------------------------------------------------ */
 
 /*
@@ -295,9 +347,10 @@ struct prun {
 	pmem *mm;
 	size_t n, s; /* members, members with a channel */
 	int m;
+	int relay; /* channel in relay mode (fx.relay) */
 	uint8_t psc[16];
 	int have_psc;
-	uint8_t (*heard)[PVT_SAMPLE]; /* heard[sender][receiver] */
+	uint8_t (*heard)[PVT_MAX_N]; /* heard[sender][receiver] */
 	uint64_t data_got, data_bad;
 	double t0, t_first;
 	struct pollfd *pfd;
@@ -391,7 +444,10 @@ static void member_init(pmem *me)
 
 static void chan_open(pmem *me)
 {
-	psc_peer_chan_config cc = {.on_message = on_message, .user = me};
+	psc_peer_chan_relay relay = {.publish_endpoint = fx.relay_ep[0],
+				     .subscribe_endpoint = fx.relay_ep[1]};
+	psc_peer_chan_config cc = {
+	    .on_message = on_message, .user = me, .relay = me->run->relay ? &relay : NULL};
 	psc_err err = {0};
 	if (psc_peer_chan_new(&me->c, me->p, &cc, &err) != PSC_OK) {
 		fprintf(stderr, "psc_vs_tls: member %zu channel: %s\n", me->idx, err.detail);
@@ -490,7 +546,7 @@ static void prun_alloc(prun *r, size_t n, size_t s, int m)
 	r->s = s;
 	r->m = m;
 	r->mm = calloc(n, sizeof(*r->mm));
-	r->heard = calloc(PVT_SAMPLE, sizeof(*r->heard));
+	r->heard = calloc(PVT_MAX_N, sizeof(*r->heard));
 	r->pfd = calloc(2 * (n + 1), sizeof(*r->pfd));
 	r->pfd_mem = calloc(2 * (n + 1), sizeof(*r->pfd_mem));
 	if (!r->mm || !r->heard || !r->pfd || !r->pfd_mem)
@@ -550,24 +606,27 @@ static void establish(prun *r, const pvt_ident *ids, size_t n_named, const char 
  * member opened one). Sampled for n > PVT_SAMPLE: the channel runs among the
  * first PVT_SAMPLE members and its costs are scaled by the link ratio.
  */
-static void psc_run(const pvt_ident *ids, size_t n, int m, pvt_fig *out)
+static void psc_run(const pvt_ident *ids, size_t n, int m, int relay, pvt_fig *out)
 {
 	memset(out, 0, sizeof(*out));
-	size_t s = n < PVT_SAMPLE ? n : PVT_SAMPLE;
+	/* relay mode: 2N connections, so the channel runs with every member */
+	size_t s = relay ? n : n < PVT_SAMPLE ? n : PVT_SAMPLE;
 	prun r;
 	prun_alloc(&r, n, s, m);
+	r.relay = relay;
+	double r0 = relay_cpu();
 	snap b0 = {0}, b1 = {0};
 	snap_take(&b0);
 	double c0 = cpu_all(), k0 = bench_proc_cpu((int)fx.kmsd.pid);
 	r.t0 = bench_now();
 	for (size_t i = 0; i < n; i++)
-		member_new(&r, i, &ids[i], i < s);
+		member_new(&r, i, &ids[i], i < s && !relay);
 	double c_new = cpu_all();
 	for (size_t i = 0; i < n; i++)
 		member_init(&r.mm[i]);
 	double c_init = cpu_all(), t_init = bench_now(), k_init = bench_proc_cpu((int)fx.kmsd.pid);
 	char name[64];
-	snprintf(name, sizeof(name), "pvt-%zu", n);
+	snprintf(name, sizeof(name), relay ? "pvt-relay-%zu" : "pvt-%zu", n);
 	establish(&r, ids, n - 1, name);
 	wait_epoch(&r, 1, n, NULL, "establish");
 	double c_keys = cpu_all(), t_keys = bench_now();
@@ -595,6 +654,7 @@ static void psc_run(const pvt_ident *ids, size_t n, int m, pvt_fig *out)
 			} else if (now - me->last_probe > me->probe_gap) {
 				/* backing off: a probe costs every connected member an open */
 				send_msg(me, 'P', 0);
+				out->probes++;
 				me->last_probe = now;
 				me->probe_gap = me->probe_gap ? 2 * me->probe_gap : PROBE_S;
 				if (me->probe_gap > PROBE_MAX_S)
@@ -604,10 +664,11 @@ static void psc_run(const pvt_ident *ids, size_t n, int m, pvt_fig *out)
 		pump_chan(&r, 5);
 	}
 	double c_chan = cpu_all(), t_chan = bench_now();
+	out->relay_setup_cpu = relay_cpu() - r0;
 	snap_take(&b0);
 	double bytes_chan = snap_delta(&b1, &b0);
 	out->links_run = s * (s - 1) / 2;
-	out->links_full = n * (n - 1) / 2;
+	out->links_full = relay ? out->links_run : n * (n - 1) / 2;
 	out->scale = (double)out->links_full / (double)out->links_run;
 	out->setup_cpu = (c_keys - c0) + (c_chan - c_keys) * out->scale;
 	out->setup_wall = (t_keys - r.t0) + (t_chan - t_keys) * out->scale;
@@ -618,14 +679,16 @@ static void psc_run(const pvt_ident *ids, size_t n, int m, pvt_fig *out)
 	out->chan_cpu = (c_chan - c_keys) * out->scale;
 	out->chan_wall = (t_chan - t_keys) * out->scale;
 
-	/* messages: every channel member sends M, every other one opens them */
-	double c1 = cpu_all();
+	/* messages: every channel member sends M, every other one opens them
+	 * (relay mode above PVT_SAMPLE: the first PVT_SAMPLE send, all N receive) */
+	size_t senders = s < PVT_SAMPLE ? s : PVT_SAMPLE;
+	double c1 = cpu_all(), r1 = relay_cpu();
 	for (int k = 0; k < m; k++) {
-		for (size_t i = 0; i < s; i++)
+		for (size_t i = 0; i < senders; i++)
 			send_msg(&r.mm[i], 'D', (uint32_t)k);
 		pump_chan(&r, 0);
 	}
-	out->expected = (uint64_t)s * (s - 1) * (uint64_t)m;
+	out->expected = (uint64_t)senders * (s - 1) * (uint64_t)m;
 	double last = bench_now();
 	uint64_t seen = 0;
 	while (r.data_got < out->expected && bench_now() - last < MSG_IDLE_S) {
@@ -635,11 +698,12 @@ static void psc_run(const pvt_ident *ids, size_t n, int m, pvt_fig *out)
 	}
 	out->delivered = r.data_got;
 	out->msg_cpu = cpu_all() - c1;
+	out->relay_msg_cpu = relay_cpu() - r1;
 	snap_take(&b1);
 	out->msg_bytes = snap_delta(&b0, &b1);
 	if (r.data_bad)
-		fprintf(stderr, "psc_vs_tls: PSC N=%zu: %llu messages malformed\n", n,
-			(unsigned long long)r.data_bad);
+		fprintf(stderr, "psc_vs_tls: PSC%s N=%zu: %llu messages malformed\n",
+			relay ? " via relay" : "", n, (unsigned long long)r.data_bad);
 
 	/* leave: the last member leaves (a rekey; every other member applies it) */
 	pmem *leaver = &r.mm[n - 1];
@@ -844,7 +908,7 @@ static void zref_run(size_t s, int m, double *setup_cpu, double *msg_cpu, uint64
 
 typedef struct row {
 	size_t n;
-	pvt_fig psc, join, tls, dtls;
+	pvt_fig psc, relay, join, tls, dtls;
 	/* bare ZeroMQ reference for the channel (zref_run), setup scaled like PSC's */
 	double zref_setup_cpu, zref_msg_cpu;
 	uint64_t zref_delivered, zref_expected;
@@ -876,13 +940,14 @@ static void print_setup(FILE *f, const row *rows, size_t nr)
 		   "TLS 1.3 mesh CPU / this |\n|---:|---|---:|---:|---:|---:|---:|\n");
 	for (size_t i = 0; i < nr; i++) {
 		const row *r = &rows[i];
-		const pvt_fig *g[] = {&r->psc, &r->join, &r->tls, &r->dtls};
-		const char *names[] = {"PSC", "PSC, joins one by one (keys only, no channel)",
+		const pvt_fig *g[] = {&r->psc, &r->relay, &r->join, &r->tls, &r->dtls};
+		const char *names[] = {"PSC (direct channel)", "PSC via relay",
+				       "PSC, joins one by one (keys only, no channel)",
 				       "TLS 1.3 mesh", "DTLS 1.2 mesh"};
-		for (size_t k = 0; k < 4; k++) {
+		for (size_t k = 0; k < 5; k++) {
 			fprintf(f, "| %zu | %s%s | %.3f | %.3f | ", r->n, names[k], mark(g[k]),
 				g[k]->setup_cpu, g[k]->setup_wall);
-			if (k == 1)
+			if (k == 2)
 				fprintf(f, "— | ");
 			else
 				fprintf(f, "%.1f | ", g[k]->first_msg * 1e3);
@@ -896,17 +961,19 @@ static void print_setup(FILE *f, const row *rows, size_t nr)
 static void print_split(FILE *f, const row *rows, size_t nr)
 {
 	fprintf(f, "| N | PSC: member objects | PSC: Initialize all | PSC: Establish + every "
-		   "Refresh (of which psc-kmsd) | PSC: group channel | bare ZeroMQ, same "
-		   "channel shape | TLS 1.3: contexts | TLS 1.3: handshakes | DTLS 1.2: "
+		   "Refresh (of which psc-kmsd) | PSC: direct group channel | PSC via relay: "
+		   "group channel (of which psc-relay) | bare ZeroMQ, direct channel shape | "
+		   "TLS 1.3: contexts | TLS 1.3: handshakes | DTLS 1.2: "
 		   "handshakes | TLS 1.3 handshakes / PSC Establish + Refreshes "
-		   "|\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+		   "|\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
 	for (size_t i = 0; i < nr; i++) {
 		const row *r = &rows[i];
 		fprintf(f,
-			"| %zu | %.3f | %.3f | %.4f (%.4f) | %.3f%s | %.3f%s | %.3f | %.3f%s | "
-			"%.3f%s | **%.0fx** |\n",
+			"| %zu | %.3f | %.3f | %.4f (%.4f) | %.3f%s | %.3f (%.3f) | %.3f%s | %.3f | "
+			"%.3f%s | %.3f%s | **%.0fx** |\n",
 			r->n, r->psc.new_cpu, r->psc.init_cpu, r->psc.est_cpu, r->psc.est_kms_cpu,
-			r->psc.chan_cpu, mark(&r->psc), r->zref_setup_cpu, mark(&r->psc),
+			r->psc.chan_cpu, mark(&r->psc), r->relay.chan_cpu, r->relay.relay_setup_cpu,
+			r->zref_setup_cpu, mark(&r->psc),
 			r->tls.setup_cpu - r->tls.hs_cpu, r->tls.hs_cpu, mark(&r->tls),
 			r->dtls.hs_cpu, mark(&r->dtls), r->tls.hs_cpu / r->psc.est_cpu);
 	}
@@ -922,9 +989,10 @@ static void print_run(FILE *f, const row *rows, size_t nr)
 	       "wall ms | join bytes |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
 	for (size_t i = 0; i < nr; i++) {
 		const row *r = &rows[i];
-		const pvt_fig *g[] = {&r->psc, &r->tls, &r->dtls};
-		const char *names[] = {"PSC", "TLS 1.3 mesh", "DTLS 1.2 mesh"};
-		for (size_t k = 0; k < 3; k++) {
+		const pvt_fig *g[] = {&r->psc, &r->relay, &r->tls, &r->dtls};
+		const char *names[] = {"PSC (direct channel)", "PSC via relay", "TLS 1.3 mesh",
+				       "DTLS 1.2 mesh"};
+		for (size_t k = 0; k < 4; k++) {
 			double d = g[k]->delivered ? (double)g[k]->delivered : NAN;
 			fprintf(
 			    f,
@@ -981,37 +1049,104 @@ static void write_reading(FILE *f, const row *rows, size_t nr)
 	if (r16 && r256) {
 		double g16 = r16->tls.setup_cpu / r16->psc.setup_cpu;
 		double g256 = r256->tls.setup_cpu / r256->psc.setup_cpu;
+		double v16 = r16->tls.setup_cpu / r16->relay.setup_cpu;
+		double v256 = r256->tls.setup_cpu / r256->relay.setup_cpu;
 		double k16 = r16->tls.hs_cpu / r16->psc.est_cpu;
 		double k256 = r256->tls.hs_cpu / r256->psc.est_cpu;
 		fprintf(f,
-			" Whole setup, from nothing to every member able to send: %.1fx at N=16 "
-			"(%s) and %.1fx at N=256 (%s). Key distribution alone - PSC's Establish "
+			" Whole setup, from nothing to every member able to send, with the SDK's "
+			"default direct channel (every member's SUB connected to every other "
+			"member's PUB): %.1fx at N=16 (%s) and %.1fx at N=256 (%s). With the "
+			"channel in relay mode (every member connects its PUB and SUB to one "
+			"psc-relay; the relay's CPU counted): %.1fx at N=16 (%s) and %.1fx at "
+			"N=256 (%s). Key distribution alone - PSC's Establish "
 			"and every member applying its Refresh, against the mesh's handshakes, "
 			"both with members already registered (PSC: Initialized; mesh: contexts "
 			"loaded): %.0fx at N=16 (%s) and %.0fx at N=256 (%s). So the draft's claim "
 			"%s for what it compares - one KMS key distribution instead of "
-			"N(N-1)/2 handshakes - but the whole PSC setup as this SDK does it today "
-			"is only a few times cheaper, for the reasons below.\n\n",
+			"N(N-1)/2 handshakes. ",
 			g16, g16 >= 10 ? "met" : "not met", g256, g256 >= 100 ? "met" : "not met",
+			v16, v16 >= 10 ? "met" : "not met", v256, v256 >= 100 ? "met" : "not met",
 			k16, k16 >= 10 ? "met" : "not met", k256, k256 >= 100 ? "met" : "not met",
 			(k16 >= 10 && k256 >= 100) ? "holds" : "does not fully hold even");
+		const pvt_fig *a = &r16->relay, *b = &r256->relay;
+		fprintf(f,
+			"Relay mode takes the channel's mesh away (at N=256 the whole setup goes "
+			"from %.1fx to %.1fx). What %s is the cost every member pays before any "
+			"channel, in both modes (below): member objects and Initialize took "
+			"%.3f s at N=16, where the goal allows %.3f s for the whole setup, and "
+			"%.3f s at N=256, where it allows %.3f s; member objects alone cost "
+			"%.2f ms per member. In relay mode the channel then added %.3f s at N=16 "
+			"and %.3f s at N=256, where the readiness check alone sent %llu probe "
+			"frames, each opened by the %zu other members (a probe is repeated, "
+			"backing off, until every member opened one).\n\n",
+			g256, v256,
+			(v16 >= 10 && v256 >= 100) ? "remains" : "keeps relay mode from the goal",
+			a->new_cpu + a->init_cpu, r16->tls.setup_cpu / 10, b->new_cpu + b->init_cpu,
+			r256->tls.setup_cpu / 100, a->new_cpu / (double)r16->n * 1e3, a->chan_cpu,
+			b->chan_cpu, (unsigned long long)b->probes, r256->n - 1);
 	} else {
 		fprintf(f, " Not assessed: this run did not include N=16 and N=256.\n\n");
 	}
 	fprintf(f, "**Where PSC is worse or no better** (figures from the tables above):\n\n");
 	fprintf(f,
-		"- *The group channel, not the keys, dominates PSC's setup at large N.* The "
-		"SDK's channel is ZeroMQ PUB/SUB with every member's SUB connected to every "
-		"other member's PUB: two TCP connections per pair (the mesh has one), each "
-		"with a ZMTP handshake, O(N^2) like the mesh. No cryptography, but at N=%zu it "
-		"cost %.3f s of the %.3f s PSC setup CPU%s, against %.4f s for Establish and "
-		"every Refresh. Bare ZeroMQ with the same shape (a context per member, no PSC) "
-		"took %.3f s in the same run, so this is the transport's cost, not the keys'. "
-		"A PSC carried over a shared bus or multicast instead of N^2 connections "
-		"would not pay it; this SDK's channel does.\n",
+		"- *In direct mode the group channel, not the keys, dominates PSC's setup at "
+		"large N.* The SDK's default channel is ZeroMQ PUB/SUB with every member's SUB "
+		"connected to every other member's PUB: two TCP connections per pair (the mesh "
+		"has one), each with a ZMTP handshake, O(N^2) like the mesh. No cryptography, "
+		"but at N=%zu it cost %.3f s of the %.3f s PSC setup CPU%s, against %.4f s for "
+		"Establish and every Refresh. Bare ZeroMQ with the same shape (a context per "
+		"member, no PSC) took %.3f s in the same run, so this is the transport's cost, "
+		"not the keys'. Relay mode removes it: 2N connections to one psc-relay, run in "
+		"full at every N (no sampling), %.3f s CPU for the channel at N=%zu of which "
+		"%.3f s in psc-relay.\n",
 		hi->n, hi->psc.chan_cpu, hi->psc.setup_cpu,
 		hi->psc.scale > 1 ? " (sampled and scaled, see above)" : "", hi->psc.est_cpu,
-		hi->zref_setup_cpu);
+		hi->zref_setup_cpu, hi->relay.chan_cpu, hi->n, hi->relay.relay_setup_cpu);
+	{
+		double rd = hi->relay.delivered ? (double)hi->relay.delivered : NAN;
+		double pd = hi->psc.delivered ? (double)hi->psc.delivered : NAN;
+		double ld = lo->relay.delivered ? (double)lo->relay.delivered : NAN;
+		double lp = lo->psc.delivered ? (double)lo->psc.delivered : NAN;
+		fprintf(f,
+			"- *What the relay costs.* Every frame takes one more hop (member -> "
+			"psc-relay -> members) and the relay copies it to every subscriber, "
+			"including back to its sender (the SDK drops its own frames unopened). "
+			"Per delivered message relay mode took %.2f us CPU at N=%zu (%.2f us of "
+			"it in psc-relay) against %.2f us for the direct channel, and %.0f bytes "
+			"on the wire against %.0f (both hops counted); at N=%zu %.2f us against "
+			"%.2f us. The first message arrived after %.1f ms at N=%zu and %.1f ms at "
+			"N=%zu (direct: %.1f and %.1f ms). The relay is a single point of failure "
+			"for the data plane: while it is down nobody hears anybody (members "
+			"reconnect by themselves when it is back; what was sent meanwhile is lost, "
+			"test_peer_relay shows it), and one relay process on one core forwards "
+			"every frame of every PSC it carries. It cannot read or forge messages - "
+			"they are sealed end to end with the PSC key, which it never has - but "
+			"its operator sees the metadata: PSC IDs, sender Node-IDs, sizes and "
+			"timing of every frame, and which endpoints subscribe to which PSC "
+			"(CURVE on the relay hides these from the network, not from the relay). "
+			"Details in docs/relay.md.\n",
+			hi->relay.msg_cpu / rd * 1e6, hi->n, hi->relay.relay_msg_cpu / rd * 1e6,
+			hi->psc.msg_cpu / pd * 1e6, hi->relay.msg_bytes / rd, hi->psc.msg_bytes / pd,
+			lo->n, lo->relay.msg_cpu / ld * 1e6, lo->psc.msg_cpu / lp * 1e6,
+			lo->relay.first_msg * 1e3, lo->n, hi->relay.first_msg * 1e3, hi->n,
+			lo->psc.first_msg * 1e3, hi->psc.first_msg * 1e3);
+		fprintf(f,
+			"- *Where direct mode is still preferable.* Small groups gain little "
+			"from a relay: at N=%zu relay mode's setup took %.3f s CPU against %.3f s "
+			"direct (a mesh of a few members is a few connections), each delivered "
+			"message %.2f us against %.2f us (%s) and the first message %.1f ms "
+			"against %.1f ms. Groups whose members must not depend on one more "
+			"always-on component, and groups whose membership and traffic pattern "
+			"must not be visible to a third party: direct mode has no central hop for "
+			"data and no relay operator.\n",
+			lo->n, lo->relay.setup_cpu, lo->psc.setup_cpu,
+			lo->relay.msg_cpu / ld * 1e6, lo->psc.msg_cpu / lp * 1e6,
+			lo->relay.msg_cpu / ld > lo->psc.msg_cpu / lp
+			    ? "the extra hop costs more than the few connections it saves"
+			    : "the hop costs no more than the connections it saves",
+			lo->relay.first_msg * 1e3, lo->psc.first_msg * 1e3);
+	}
 	fprintf(f,
 		"- *Fixed cost per member.* Each PSC member loads its certificate and key, "
 		"creates a ZeroMQ context and connects to psc-kmsd over CURVE (%.2f ms CPU per "
@@ -1070,7 +1205,7 @@ static void write_reading(FILE *f, const row *rows, size_t nr)
 	double zh = hi->zref_msg_cpu / (double)(hi->zref_delivered ? hi->zref_delivered : 1) * 1e6;
 	fprintf(f,
 		"- *Per message.* PSC seals once per group message and every receiver opens it; "
-		"the meshes encrypt once per receiver. Per delivered message PSC took %.2f us "
+		"the meshes encrypt once per receiver. Per delivered message PSC (direct) took %.2f us "
 		"at N=%zu and %.2f us at N=%zu, the TLS 1.3 mesh %.2f and %.2f us, the DTLS 1.2 "
 		"mesh %.2f us at N=%zu: at N=%zu PSC is %s per delivered message than the TLS "
 		"1.3 mesh. Bare ZeroMQ fan-out of the same frames without any cryptography took "
@@ -1118,7 +1253,11 @@ static void write_section(const char *path, const row *rows, size_t nr, int m, d
 		"open the SDK's group channel (ZeroMQ PUB/SUB: each member's SUB socket "
 		"connects to every other member's PUB, plain TCP, no handshake cryptography) "
 		"and each repeats a probe (after 10 ms, then doubling up to 160 ms) until every "
-		"other member opened one. *PSC, joins one by one*: other identities; the owner "
+		"other member opened one. *PSC via relay*: the same with other identities and "
+		"the channel in relay mode (`psc_peer_chan_relay`, docs/relay.md): every "
+		"member's PUB and SUB connect to one psc-relay process (XSUB/XPUB, plain TCP "
+		"like the direct channel, started before the run like psc-kmsd), 2N "
+		"connections in all. *PSC, joins one by one*: other identities; the owner "
 		"establishes alone and the others Initialize and join in turn (each join is a "
 		"rekey of the members so far). *TLS 1.3 mesh*: one TCP connection and one "
 		"mutually authenticated full handshake per pair (ECDHE P-256, ECDSA P-256 "
@@ -1139,8 +1278,8 @@ static void write_section(const char *path, const row *rows, size_t nr, int m, d
 		"**How it is measured.** Members are objects in one process (the PSC peers with "
 		"their ZeroMQ I/O threads; for the meshes two worker threads drive both ends of "
 		"each link), so *CPU* = this process's `getrusage` (all threads) plus, for PSC, "
-		"psc-kmsd's scheduler run time summed over its threads "
-		"(`/proc/<pid>/task/*/schedstat`, ns). Certificates and the KMS "
+		"psc-kmsd's and (relay mode) psc-relay's scheduler run time summed over their "
+		"threads (`/proc/<pid>/task/*/schedstat`, ns). Certificates and the KMS "
 		"installation are made beforehand and not counted. *Setup* starts before the "
 		"first member object (PSC peer, or SSL_CTX with certificate and key) is created "
 		"and ends when every member can send and be heard: PSC = the key held by all "
@@ -1151,7 +1290,7 @@ static void write_section(const char *path, const row *rows, size_t nr, int m, d
 		"message* = CPU of the message phase / messages delivered (sender and receiver "
 		"work; the KMS idles). *Bytes on the wire* = TCP/UDP payload: for PSC the "
 		"`TCP_INFO` counters of every socket of this process (bytes received, plus bytes "
-		"sent to psc-kmsd, whose end is in another process; ZMTP and CURVE framing "
+		"sent to psc-kmsd and psc-relay, whose ends are in other processes; ZMTP and CURVE framing "
 		"included), for the meshes the bytes OpenSSL handed to the sockets (records "
 		"with headers, both ends); IP/TCP/UDP headers not counted. Not the loopback "
 		"interface counters: other tests use loopback at the same time. *Leave / join* "
@@ -1164,9 +1303,12 @@ static void write_section(const char *path, const row *rows, size_t nr, int m, d
 		"N(N-1) / (%d x %d) (links are independent, so their cost is linear in links), "
 		"and the meshes' leave and join by (N-1) / %d. PSC's key management "
 		"(Initialize, Establish, every Refresh, the leave and join rekeys) always runs "
-		"with all N members. Per-message figures are measured, not scaled.\n\n",
+		"with all N members, and so does PSC via relay's channel (2N connections): "
+		"there the first %d members send and all N receive. Per-message figures "
+		"are measured, not scaled.\n\n",
 		PVT_SAMPLE, PVT_SAMPLE, PVT_SAMPLE * (PVT_SAMPLE - 1) / 2,
-		PVT_SAMPLE * (PVT_SAMPLE - 1) / 2, PVT_SAMPLE, PVT_SAMPLE - 1, PVT_SAMPLE - 1);
+		PVT_SAMPLE * (PVT_SAMPLE - 1) / 2, PVT_SAMPLE, PVT_SAMPLE - 1, PVT_SAMPLE - 1,
+		PVT_SAMPLE);
 	print_table(f, rows, nr);
 	fprintf(f, "\n![setup CPU vs N, log-log](psc_vs_tls.png)\n\n");
 	write_reading(f, rows, nr);
@@ -1179,11 +1321,11 @@ static void write_data(const char *path, const row *rows, size_t nr)
 	if (!f)
 		die("cannot write the plot data");
 	fprintf(f, "# N psc_setup_cpu_s psc_joins_setup_cpu_s tls13_setup_cpu_s "
-		   "dtls12_setup_cpu_s psc_establish_refresh_cpu_s\n");
+		   "dtls12_setup_cpu_s psc_establish_refresh_cpu_s psc_relay_setup_cpu_s\n");
 	for (size_t i = 0; i < nr; i++)
-		fprintf(f, "%zu %.6f %.6f %.6f %.6f %.6f\n", rows[i].n, rows[i].psc.setup_cpu,
+		fprintf(f, "%zu %.6f %.6f %.6f %.6f %.6f %.6f\n", rows[i].n, rows[i].psc.setup_cpu,
 			rows[i].join.setup_cpu, rows[i].tls.setup_cpu, rows[i].dtls.setup_cpu,
-			rows[i].psc.est_cpu);
+			rows[i].psc.est_cpu, rows[i].relay.setup_cpu);
 	fclose(f);
 }
 
@@ -1238,19 +1380,20 @@ int main(int argc, char **argv)
 		size_t n = ns[k];
 		row *r = &rows[k];
 		r->n = n;
-		pvt_ident *ids = calloc(2 * n + 1, sizeof(*ids));
+		pvt_ident *ids = calloc(3 * n + 2, sizeof(*ids));
 		if (!ids)
 			die("out of memory");
 		char prefix[32];
 		snprintf(prefix, sizeof(prefix), "n%zu-m", n);
 		double t = bench_now();
-		/* ids[0..n]: established group + joiner (and the meshes); ids[n+1..]: joins */
-		if (pvt_issue(fx.ca, fx.ca, OVERLAY, prefix, (unsigned)(k * 1024), 2 * n + 1, ids))
+		/* ids[0..n]: established group + joiner (and the meshes); ids[n+1..2n]:
+		 * joins; ids[2n+1..3n+1]: the relay run's group + joiner */
+		if (pvt_issue(fx.ca, fx.ca, OVERLAY, prefix, (unsigned)(k * 1024), 3 * n + 2, ids))
 			die("issuing member certificates failed");
-		printf("N=%zu: %zu certificates issued in %.2f s (not counted)\n", n, 2 * n + 1,
+		printf("N=%zu: %zu certificates issued in %.2f s (not counted)\n", n, 3 * n + 2,
 		       bench_now() - t);
 		fflush(stdout);
-		psc_run(ids, n, m, &r->psc);
+		psc_run(ids, n, m, 0, &r->psc);
 		printf("N=%zu PSC: setup %.3f s CPU, %.3f s wall (keys %.3f s CPU of which "
 		       "psc-kmsd %.3f, %.3f s wall; channel %.3f s CPU, %.3f s wall%s); %llu/%llu "
 		       "delivered\n",
@@ -1270,6 +1413,19 @@ int main(int argc, char **argv)
 			       r->zref_msg_cpu /
 				   (double)(r->zref_delivered ? r->zref_delivered : 1) * 1e6);
 		}
+		relay_start();
+		psc_run(ids + 2 * n + 1, n, m, 1, &r->relay);
+		relay_stop();
+		printf("N=%zu PSC via relay: setup %.3f s CPU, %.3f s wall (keys %.3f s CPU; "
+		       "channel %.3f s CPU of which psc-relay %.3f, %.3f s wall); %llu/%llu "
+		       "delivered, %.2f us CPU per delivered message (psc-relay %.2f)\n",
+		       n, r->relay.setup_cpu, r->relay.setup_wall, r->relay.keys_cpu,
+		       r->relay.chan_cpu, r->relay.relay_setup_cpu, r->relay.chan_wall,
+		       (unsigned long long)r->relay.delivered, (unsigned long long)r->relay.expected,
+		       r->relay.msg_cpu / (double)(r->relay.delivered ? r->relay.delivered : 1) * 1e6,
+		       r->relay.relay_msg_cpu /
+			   (double)(r->relay.delivered ? r->relay.delivered : 1) * 1e6);
+		fflush(stdout);
 		psc_join_run(ids + n + 1, n, &r->join);
 		printf("N=%zu PSC keys: member objects %.3f s CPU, Initialize %.3f s CPU, "
 		       "Establish + Refreshes %.4f s CPU (psc-kmsd %.4f), %.4f s wall\n",
@@ -1293,7 +1449,8 @@ int main(int argc, char **argv)
 		    r->dtls.scale > 1 ? " (sampled, scaled)" : "",
 		    (unsigned long long)r->dtls.delivered, (unsigned long long)r->dtls.expected);
 		fflush(stdout);
-		bad |= r->psc.delivered != r->psc.expected || r->tls.delivered != r->tls.expected ||
+		bad |= r->psc.delivered != r->psc.expected ||
+		       r->relay.delivered != r->relay.expected || r->tls.delivered != r->tls.expected ||
 		       r->dtls.delivered != r->dtls.expected;
 		free(ids);
 	}
@@ -1301,8 +1458,10 @@ int main(int argc, char **argv)
 	printf("\n");
 	print_table(stdout, rows, nn);
 	for (size_t k = 0; k < nn; k++)
-		printf("N=%zu: setup CPU TLS 1.3 mesh / PSC = %.1fx, DTLS 1.2 mesh / PSC = %.1fx\n",
+		printf("N=%zu: setup CPU TLS 1.3 mesh / PSC = %.1fx (via relay %.1fx), DTLS 1.2 "
+		       "mesh / PSC = %.1fx\n",
 		       rows[k].n, rows[k].tls.setup_cpu / rows[k].psc.setup_cpu,
+		       rows[k].tls.setup_cpu / rows[k].relay.setup_cpu,
 		       rows[k].dtls.setup_cpu / rows[k].psc.setup_cpu);
 	if (rows[nn - 1].n > PVT_SAMPLE)
 		printf("* sampled: the data plane of N > %d ran among %d members and its costs are "

@@ -12,6 +12,7 @@ set key top left
 set style data linespoints
 plot data using 1:4 title "TLS 1.3 mesh (N(N-1)/2 handshakes)" lw 2 pt 7, \
      data using 1:5 title "DTLS 1.2 mesh" lw 2 pt 5, \
-     data using 1:2 title "PSC, whole setup (incl. ZeroMQ group channel)" lw 2 pt 9, \
+     data using 1:2 title "PSC, whole setup, direct channel (N(N-1) ZeroMQ connections)" lw 2 pt 9, \
+     data using 1:7 title "PSC, whole setup, channel via psc-relay (2N connections)" lw 2 pt 15, \
      data using 1:3 title "PSC, members join one by one (keys only)" lw 2 pt 11, \
      data using 1:6 title "PSC, Establish + every Refresh only" lw 2 pt 13

@@ -41,6 +41,10 @@ typedef struct pvt_fig {
 	 * context, CURVE connection set up), Initialize of all, Establish + every
 	 * Refresh applied */
 	double new_cpu, init_cpu, est_cpu, est_wall, est_kms_cpu;
+	/* PSC via relay: psc-relay's own CPU in the channel setup and message
+	 * phases (included in chan_cpu / setup_cpu and msg_cpu) */
+	double relay_setup_cpu, relay_msg_cpu;
+	uint64_t probes; /* PSC: readiness probes sent in the channel phase (not scaled) */
 	/* mesh only: the handshakes alone (member contexts already loaded) */
 	double hs_cpu, hs_wall;
 	/* sampling of the data plane: links run / links of the full group */

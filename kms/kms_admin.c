@@ -46,6 +46,8 @@ struct kms_admin {
 	uint8_t destroy_psc[PSC_PSC_ID_LEN];
 	uint64_t destroy_epoch;
 	char backup_path[KMS_CONFIG_STR_MAX];
+	kms_store_bk *bk;	 /* a backup being copied, a step per loop turn */
+	unsigned backup_steps;
 	uint64_t send_after_seq; /* AFTER_SEND_NEXT: the record that must be durable */
 	kms_kekrot *rot;
 	bool restore_pending;	  /* PSCs may still be below a restore's epoch floor */
@@ -690,18 +692,34 @@ static void cmd_backup(kms_admin *a, const char *path)
 	a->after = AFTER_BACKUP; /* outside the batch: a backup never holds half of one */
 }
 
-/* After the batch: the committed state goes to the file; kms.backup is
- * appended and the reply waits until the next batch made it durable. */
+/* Pages copied per loop turn (4 KiB each): a large database is copied over
+ * many turns, between batches, so peers are served meanwhile. */
+#define BACKUP_PAGES_PER_TURN 64
+
+/* After each batch until done: the committed state goes to the file, a step
+ * at a time; then kms.backup is appended and the reply waits until the next
+ * batch made it durable. */
 static void do_backup(kms_admin *a)
 {
 	kmsd *k = a->k;
 	psc_err e;
 	kms_store_counts c;
-	uint64_t seq = kms_store_last_audit_seq(k->store);
-	if (kms_store_backup(k->store, a->backup_path, &e) != PSC_OK) {
-		reply_error(a, "backup: %s", psc_err_text(&e));
+	bool done = false;
+	if (!a->bk) {
+		if (kms_store_backup_begin(k->store, a->backup_path, &a->bk, &e) != PSC_OK) {
+			reply_error(a, "backup: %s", psc_err_text(&e));
+			return;
+		}
+		a->backup_steps = 0;
+	}
+	if (kms_store_backup_step(&a->bk, BACKUP_PAGES_PER_TURN, &done, &e) != PSC_OK) {
+		reply_error(a, "backup: %s", psc_err_text(&e)); /* the partial file is gone */
 		return;
 	}
+	a->backup_steps++;
+	if (!done)
+		return; /* AFTER_BACKUP stays: the next turn copies more */
+	uint64_t seq = kms_store_last_audit_seq(k->store);
 	if (kms_store_counts_get(k->store, &c, &e) != PSC_OK)
 		memset(&c, 0, sizeof(c));
 	aud_kv kv[4] = {{.key = "file", .str = a->backup_path},
@@ -717,8 +735,8 @@ static void do_backup(kms_admin *a)
 		return;
 	}
 	k->batch_dirty = true;
-	fprintf(stderr, "psc-kmsd: state backup written to %s (audit seq %llu)\n", a->backup_path,
-		(unsigned long long)seq);
+	fprintf(stderr, "psc-kmsd: state backup written to %s (audit seq %llu, %u steps)\n",
+		a->backup_path, (unsigned long long)seq, a->backup_steps);
 	reply_ok_begin(a);
 	jb_kstr(&a->reply, "file", a->backup_path);
 	jb_ku64(&a->reply, "audit_seq", seq);
@@ -726,6 +744,7 @@ static void do_backup(kms_admin *a)
 	jb_ku64(&a->reply, "pscs", c.pscs_live);
 	jb_ku64(&a->reply, "epoch_blobs", c.epoch_blobs);
 	jb_ku64(&a->reply, "peers", c.peers);
+	jb_ku64(&a->reply, "steps", a->backup_steps);
 	jb_put(&a->reply, "}");
 	a->send_after_seq = rec;
 	a->after = AFTER_SEND_NEXT;
@@ -909,8 +928,8 @@ uint64_t kms_admin_next_ms(const kms_admin *a)
 	uint64_t next = kms_kekrot_next_ms(a->rot);
 	if (a->restore_pending && (!next || a->restore_next_ms < next))
 		next = a->restore_next_ms ? a->restore_next_ms : 1;
-	if (a->waiting && a->after == AFTER_SEND_NEXT)
-		next = 1; /* a reply waits for the next batch */
+	if (a->waiting && (a->after == AFTER_SEND_NEXT || a->after == AFTER_BACKUP))
+		next = 1; /* a reply waits for the next batch, or a backup copies on */
 	return next;
 }
 
@@ -965,8 +984,11 @@ void kms_admin_after_batch(kms_admin *a)
 		finish_unban(a);
 	else if (a->after == AFTER_DESTROY)
 		finish_destroy(a);
-	else if (a->after == AFTER_BACKUP)
+	else if (a->after == AFTER_BACKUP) {
 		do_backup(a);
+		if (a->after == AFTER_BACKUP)
+			return; /* still copying */
+	}
 	else if (a->after == AFTER_SEND_NEXT) {
 		if (aud_log_last_seq(a->k->audit) < a->send_after_seq) {
 			if (aud_log_failed(a->k->audit))
@@ -993,6 +1015,7 @@ void kms_admin_close(kms_admin **p)
 	if (!p || !*p)
 		return;
 	kms_admin *a = *p;
+	kms_store_backup_abort(&a->bk); /* a stop during a backup leaves no partial file */
 	kms_kekrot_free(&a->rot);
 	zmq_close(a->sock);
 	free(a->reply.s);

@@ -228,6 +228,7 @@ static psc_rc copy_file(const char *src, const char *dst, psc_err *err)
 }
 
 typedef struct blob_check {
+	const kms_restore_opts *o;
 	hsm_session *hs;
 	uint64_t n;
 	psc_rc rc;
@@ -253,7 +254,8 @@ static int check_blob(void *arg, const kms_epoch *e)
 	}
 	psc_err ignore;
 	(void)!hsm_key_destroy(c->hs, &k, &ignore);
-	c->n++;
+	if (++c->n % 1000 == 0)
+		progress(c->o, "token: %llu blobs checked ...", (unsigned long long)c->n);
 	return 0;
 }
 
@@ -367,7 +369,7 @@ psc_rc kms_restore(const kms_restore_opts *o, kms_restore_result *res, psc_err *
 	hsm_session *hs = NULL;
 	if ((rc = hsm_session_get(o->hsm, 0, &hs, err)) != PSC_OK)
 		goto fail;
-	blob_check bc = {.hs = hs, .rc = PSC_OK, .err = err};
+	blob_check bc = {.o = o, .hs = hs, .rc = PSC_OK, .err = err};
 	if ((rc = kms_store_epochs_not_kek(s, "", check_blob, &bc, err)) != PSC_OK ||
 	    (rc = bc.rc) != PSC_OK)
 		goto fail;

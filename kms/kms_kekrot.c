@@ -14,9 +14,15 @@
 struct kms_kekrot {
 	kmsd *k;
 	kms_kekrot_status st;
-	uint64_t next_ms; /* next chunk; 0 when idle */
-	bool drained;	  /* the last step found nothing to re-wrap */
+	uint64_t next_ms;	 /* next chunk; 0 when idle */
+	bool drained;		 /* the last step found nothing to re-wrap */
+	uint64_t quiet_since_ms; /* first drained check of the current quiet period; 0: none */
 };
+
+/* The old KEK is destroyed only after the committed state held no blob under
+ * it in two checks this far apart: HSM work begun before the switch (a rekey
+ * on a worker, DESIGN §5) has come back and been applied by then. */
+#define KEKROT_SETTLE_MS 1000
 
 static void hex_of(const uint8_t id[HSM_KEK_ID_LEN], char out[33])
 {
@@ -83,6 +89,7 @@ static psc_rc switch_to(kms_kekrot *r, const uint8_t next[HSM_KEK_ID_LEN], psc_e
 	r->st.rewrapped = 0;
 	r->st.last_error[0] = '\0';
 	r->drained = false;
+	r->quiet_since_ms = 0;
 	r->next_ms = k->now_ms;
 	return PSC_OK;
 }
@@ -167,6 +174,8 @@ void kms_kekrot_step(kms_kekrot *r)
 	}
 	if (c.n == 0)
 		r->drained = true; /* kms_kekrot_after_batch checks the committed state */
+	else
+		r->quiet_since_ms = 0;
 	for (size_t i = 0; i < c.n; i++) {
 		uint8_t blob[HSM_EPOCH_BLOB_LEN];
 		psc_rc rc =
@@ -206,8 +215,16 @@ void kms_kekrot_after_batch(kms_kekrot *r)
 	/* The committed state decides: a batch that failed to commit leaves blobs
 	 * under the old KEK, and the next steps re-wrap them again. */
 	if (kms_store_in_txn(k->store) ||
-	    kms_store_count_not_kek(k->store, k->kek_id, &left, &e) != PSC_OK || left != 0)
+	    kms_store_count_not_kek(k->store, k->kek_id, &left, &e) != PSC_OK || left != 0) {
+		r->quiet_since_ms = 0;
 		return;
+	}
+	if (!r->quiet_since_ms || k->now_ms < r->quiet_since_ms + KEKROT_SETTLE_MS) {
+		if (!r->quiet_since_ms)
+			r->quiet_since_ms = k->now_ms;
+		r->next_ms = r->quiet_since_ms + KEKROT_SETTLE_MS; /* check again then */
+		return;
+	}
 	unsigned destroyed = 0;
 	if (hsm_kek_retire_old(k->hsm, &destroyed, &e) != PSC_OK) {
 		snprintf(r->st.last_error, sizeof(r->st.last_error), "%s", psc_err_text(&e));

@@ -7,7 +7,8 @@
  * re-wrapping the stored blobs still under another KEK in bounded chunks, one
  * chunk per event-loop turn (each blob one KEK_REWRAP command in the turn's
  * durability batch), and finishing it (old KEK destroyed once the committed
- * state holds no blob under it). Every phase is audited (kek.rotate).
+ * state has held no blob under it for a settle period of 1 s, so HSM work
+ * begun before the switch has come back). Every phase is audited (kek.rotate).
  * Never: see an epoch secret (re-wrapping happens inside the token), or
  * destroy a KEK while a committed blob still names it.
  *

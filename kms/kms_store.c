@@ -1891,10 +1891,48 @@ psc_rc kms_store_digest(kms_store *s, uint8_t out[PSC_HASH_LEN], psc_err *err)
 	return rc;
 }
 
-psc_rc kms_store_backup(kms_store *s, const char *dest_path, psc_err *err)
+struct kms_store_bk {
+	kms_store *s;
+	sqlite3 *dst;
+	sqlite3_backup *b;
+	char *path;
+	int remaining, total; /* pages, after the last step */
+};
+
+static void bk_discard(kms_store_bk *b)
 {
-	if (!s || !dest_path || !*dest_path)
-		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_backup: NULL argument");
+	if (b->b)
+		sqlite3_backup_finish(b->b);
+	if (b->dst)
+		sqlite3_close(b->dst);
+	if (b->path) {
+		unlink(b->path);
+		char side[4200];
+		snprintf(side, sizeof(side), "%s-wal", b->path);
+		unlink(side);
+		snprintf(side, sizeof(side), "%s-shm", b->path);
+		unlink(side);
+	}
+	free(b->path);
+	free(b);
+}
+
+static psc_rc bk_fail(kms_store_bk **pb, int rc, const char *what, psc_err *err)
+{
+	kms_store_bk *b = *pb;
+	psc_rc code = map_sqlite(rc);
+	psc_err_set(err, code, "state backup %s (from %s): %s: %s: %s", b->path, b->s->path, what,
+		    b->dst ? sqlite3_errmsg(b->dst) : sqlite3_errstr(rc), hint(code));
+	bk_discard(b);
+	*pb = NULL;
+	return code;
+}
+
+psc_rc kms_store_backup_begin(kms_store *s, const char *dest_path, kms_store_bk **out, psc_err *err)
+{
+	if (!s || !dest_path || !*dest_path || !out)
+		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_backup_begin: NULL argument");
+	*out = NULL;
 	if (s->in_txn)
 		return psc_err_set(err, PSC_E_KMS_TXN,
 				   "state database %s: backup requested inside a batch", s->path);
@@ -1904,56 +1942,111 @@ psc_rc kms_store_backup(kms_store *s, const char *dest_path, psc_err *err)
 		return psc_err_set(err, PSC_E_KMS_DB_OPEN, "state backup %s: cannot create: %s",
 				   dest_path, strerror(errno));
 	close(fd);
-	sqlite3 *dst = NULL;
-	int rc =
-	    sqlite3_open_v2(dest_path, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
-	sqlite3_backup *b =
-	    rc == SQLITE_OK ? sqlite3_backup_init(dst, "main", s->db, "main") : NULL;
-	if (b) {
-		rc = sqlite3_backup_step(b, -1);
-		int fin = sqlite3_backup_finish(b);
-		if (rc == SQLITE_DONE)
-			rc = fin;
-	} else if (rc == SQLITE_OK) {
-		rc = sqlite3_errcode(dst);
+	kms_store_bk *b = calloc(1, sizeof(*b));
+	if (!b || !(b->path = strdup(dest_path))) {
+		free(b);
+		unlink(dest_path);
+		return psc_err_set(err, PSC_E_NOMEM, "state backup %s: out of memory", dest_path);
 	}
+	b->s = s;
+	b->remaining = -1;
+	int rc = sqlite3_open_v2(dest_path, &b->dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+				 NULL);
+	if (rc != SQLITE_OK)
+		return bk_fail(&b, rc, "opening the copy", err);
+	b->b = sqlite3_backup_init(b->dst, "main", s->db, "main");
+	if (!b->b)
+		return bk_fail(&b, sqlite3_errcode(b->dst), "starting the copy", err);
+	*out = b;
+	return PSC_OK;
+}
+
+psc_rc kms_store_backup_step(kms_store_bk **pb, int pages, bool *done, psc_err *err)
+{
+	if (!pb || !*pb || !done)
+		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_backup_step: NULL argument");
+	kms_store_bk *b = *pb;
+	*done = false;
+	/* Outside a batch only: the copy reads through the store's connection and
+	 * would see the batch's uncommitted pages. */
+	if (b->s->in_txn)
+		return psc_err_set(err, PSC_E_KMS_TXN,
+				   "state backup %s: step inside a batch (call it between batches)",
+				   b->path);
+	int rc = sqlite3_backup_step(b->b, pages);
+	b->remaining = sqlite3_backup_remaining(b->b);
+	b->total = sqlite3_backup_pagecount(b->b);
+	if (rc == SQLITE_OK || rc == SQLITE_BUSY || rc == SQLITE_LOCKED)
+		return PSC_OK;
+	if (rc != SQLITE_DONE)
+		return bk_fail(pb, rc, "copying", err);
+	rc = sqlite3_backup_finish(b->b);
+	b->b = NULL;
+	if (rc != SQLITE_OK)
+		return bk_fail(pb, rc, "finishing the copy", err);
 	/* The copy is a WAL database like the original; fold its WAL into the
 	 * file so the backup is one self-contained file. */
-	if (rc == SQLITE_OK)
-		rc = sqlite3_exec(dst, "PRAGMA synchronous = FULL; PRAGMA wal_checkpoint(TRUNCATE)",
-				  NULL, NULL, NULL);
-	psc_rc r = PSC_OK;
-	if (rc != SQLITE_OK) {
-		psc_rc code = map_sqlite(rc);
-		r = psc_err_set(err, code, "state backup %s (from %s): %s: %s", dest_path, s->path,
-				dst ? sqlite3_errmsg(dst) : sqlite3_errstr(rc), hint(code));
-	}
-	if (sqlite3_close(dst) != SQLITE_OK && r == PSC_OK)
-		r = psc_err_set(err, PSC_E_KMS_DB_IO, "state backup %s: closing failed", dest_path);
+	rc = sqlite3_exec(b->dst, "PRAGMA synchronous = FULL; PRAGMA wal_checkpoint(TRUNCATE)",
+			  NULL, NULL, NULL);
+	if (rc != SQLITE_OK)
+		return bk_fail(pb, rc, "checkpointing the copy", err);
+	rc = sqlite3_close(b->dst);
+	b->dst = NULL;
+	if (rc != SQLITE_OK)
+		return bk_fail(pb, rc, "closing the copy", err);
 	/* SQLite syncs the data it wrote; the directory entry needs its own sync. */
-	if (r == PSC_OK) {
-		char dir[4096];
-		const char *slash = strrchr(dest_path, '/');
-		if (!slash)
-			snprintf(dir, sizeof(dir), ".");
-		else if (slash == dest_path)
-			snprintf(dir, sizeof(dir), "/");
-		else
-			snprintf(dir, sizeof(dir), "%.*s", (int)(slash - dest_path), dest_path);
-		int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (dfd < 0 || fsync(dfd) != 0)
-			r = psc_err_set(err, PSC_E_KMS_DB_IO, "state backup %s: syncing %s: %s",
-					dest_path, dir, strerror(errno));
+	char dir[4096];
+	const char *slash = strrchr(b->path, '/');
+	if (!slash)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == b->path)
+		snprintf(dir, sizeof(dir), "/");
+	else
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - b->path), b->path);
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0 || fsync(dfd) != 0) {
+		psc_err_set(err, PSC_E_KMS_DB_IO, "state backup %s: syncing %s: %s", b->path, dir,
+			    strerror(errno));
 		if (dfd >= 0)
 			close(dfd);
+		bk_discard(b);
+		*pb = NULL;
+		return PSC_E_KMS_DB_IO;
 	}
-	if (r != PSC_OK) {
-		unlink(dest_path);
-		char side[4200];
-		snprintf(side, sizeof(side), "%s-wal", dest_path);
-		unlink(side);
-		snprintf(side, sizeof(side), "%s-shm", dest_path);
-		unlink(side);
+	close(dfd);
+	free(b->path);
+	free(b);
+	*pb = NULL;
+	*done = true;
+	return PSC_OK;
+}
+
+void kms_store_backup_progress(const kms_store_bk *b, int *remaining, int *total)
+{
+	*remaining = b ? b->remaining : 0;
+	*total = b ? b->total : 0;
+}
+
+void kms_store_backup_abort(kms_store_bk **pb)
+{
+	if (!pb || !*pb)
+		return;
+	bk_discard(*pb);
+	*pb = NULL;
+}
+
+psc_rc kms_store_backup(kms_store *s, const char *dest_path, psc_err *err)
+{
+	kms_store_bk *b = NULL;
+	psc_rc rc = kms_store_backup_begin(s, dest_path, &b, err);
+	bool done = false;
+	if (rc == PSC_OK)
+		rc = kms_store_backup_step(&b, -1, &done, err);
+	if (rc == PSC_OK && !done) {
+		/* -1 copies everything in one step unless the source is busy */
+		kms_store_backup_abort(&b);
+		rc = psc_err_set(err, PSC_E_KMS_DB_LOCKED, "state backup %s: the database was busy",
+				 dest_path);
 	}
-	return r;
+	return rc;
 }

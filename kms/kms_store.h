@@ -250,6 +250,25 @@ psc_rc kms_store_counts_get(kms_store *s, kms_store_counts *out, psc_err *err) P
 psc_rc kms_store_backup(kms_store *s, const char *dest_path, psc_err *err) PSC_WUR;
 
 /*
+ * The same in steps, for the daemon: a large database is copied a bounded
+ * number of pages per event-loop turn so peers are served meanwhile. Steps run
+ * between batches (PSC_E_KMS_TXN inside one); SQLite keeps the copy up to date
+ * with what the store's own connection commits between steps, so the finished
+ * file is the committed state at the last step, audit position included. On
+ * any error the partial file is removed and *b freed.
+ */
+typedef struct kms_store_bk kms_store_bk;
+psc_rc kms_store_backup_begin(kms_store *s, const char *dest_path, kms_store_bk **b,
+			      psc_err *err) PSC_WUR;
+/* Copies up to `pages` pages (-1: all); *done once the file is complete,
+ * synced and *b freed. */
+psc_rc kms_store_backup_step(kms_store_bk **b, int pages, bool *done, psc_err *err) PSC_WUR;
+/* Pages left and in total after the last step (progress). */
+void kms_store_backup_progress(const kms_store_bk *b, int *remaining, int *total);
+/* Stops a backup, removing the partial file. NULL-safe. */
+void kms_store_backup_abort(kms_store_bk **b);
+
+/*
  * SHA-256 over a canonical listing of every data table (peers, pscs, members,
  * epochs, epoch_hwm; not meta, whose audit seq is per node), rows in primary
  * key order, each value tagged with its type and length. Two stores that

@@ -731,6 +731,19 @@ static int cmd_admin(int argc, char **argv)
 		fprintf(stderr, "'%s\n%s", found >= 0 ? " with those options" : "", usage);
 		return 2;
 	}
+	/* PSC ids and Node-IDs are checked here too, so a typo is a usage error
+	 * even when the daemon is not running. */
+	if (admin_cmds[found].args == 1 && strcmp(admin_cmds[found].words, "backup") != 0) {
+		uint8_t id[PSC_NODE_ID_LEN];
+		if (proto_id_from_hex(words[n - 1], id) != PSC_OK) {
+			fprintf(stderr, "psc-kmsctl: %s needs %s of 32 hex digits, not '%s'\n",
+				admin_cmds[found].words,
+				strncmp(admin_cmds[found].words, "psc", 3) == 0 ? "a PSC id"
+										 : "a Node-ID",
+				words[n - 1]);
+			return 2;
+		}
+	}
 	for (size_t w = 0; w < n; w++) {
 		const char *word = words[w];
 		char abs[ADMIN_LINE_MAX];

@@ -1,6 +1,6 @@
 /*
  * psc_chan — the group channel over ZeroMQ PUB/SUB (see psc_chan.h for why
- * PUB/SUB and what this module owns).
+ * PUB/SUB, the relay mode and what this module owns).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -25,6 +25,7 @@ struct psc_peer_chan {
 	void *sub;
 	psc_peer_chan_recv_fn on_message;
 	void *user;
+	int relay; /* relay mode: both sockets connected to a psc-relay */
 
 	char **conns; /* endpoints the SUB socket is connected to */
 	size_t n_conns;
@@ -103,6 +104,8 @@ static void free_strs(char **v, size_t n)
 psc_rc psc_chan_sync(psc_peer_chan *c, int force, psc_err *err)
 {
 	psc_peer *p = c->peer;
+	/* Relay mode: only the subscriptions; the relay does the fan-out. */
+	const int relay = c->relay;
 	uint64_t fp = chan_fingerprint(p);
 	int64_t now = psc_sdk_mono_ms();
 	if (!force && c->synced && fp == c->fingerprint && now - c->synced_at < PSC_CHAN_RESYNC_MS)
@@ -124,7 +127,7 @@ psc_rc psc_chan_sync(psc_peer_chan *c, int force, psc_err *err)
 				want_subs[n_want_subs].b);
 		if (!has_prefix(want_subs, n_want_subs, want_subs[n_want_subs].b))
 			n_want_subs++;
-		for (size_t j = 0; j < in.n_members; j++) {
+		for (size_t j = 0; !relay && j < in.n_members; j++) {
 			psc_peer_member m;
 			if (psc_peer_psc_member(p, in.psc_id, j, &m) != PSC_OK)
 				break;
@@ -205,6 +208,74 @@ size_t psc_chan_test_connections(const psc_peer_chan *c)
 	return c ? c->n_conns : 0;
 }
 
+/* Checks the relay settings before any socket exists: a clear error naming
+ * the field instead of a connection that silently never comes up. */
+static psc_rc relay_check(const psc_peer_chan_relay *r, psc_err *err)
+{
+	const char *eps[2] = {r->publish_endpoint, r->subscribe_endpoint};
+	const char *names[2] = {"publish_endpoint", "subscribe_endpoint"};
+	for (int i = 0; i < 2; i++) {
+		if (!eps[i] || !eps[i][0])
+			return psc_err_set(err, PSC_E_PEER_CONFIG,
+					   "group channel: relay %s is missing", names[i]);
+		if (strlen(eps[i]) > PSC_MAX_ENDPOINT)
+			return psc_err_set(err, PSC_E_PEER_CONFIG,
+					   "group channel: relay %s is %zu bytes (at most %d)",
+					   names[i], strlen(eps[i]), PSC_MAX_ENDPOINT);
+	}
+	if (strcmp(eps[0], eps[1]) == 0)
+		return psc_err_set(err, PSC_E_PEER_CONFIG,
+				   "group channel: relay publish_endpoint and subscribe_endpoint "
+				   "are both '%s': they are the relay's two different endpoints",
+				   eps[0]);
+	if (r->curve_key) {
+		uint8_t k[32];
+		if (strlen(r->curve_key) != 40 || !zmq_z85_decode(k, r->curve_key))
+			return psc_err_set(err, PSC_E_PEER_CONFIG,
+					   "group channel: relay curve_key is not a Z85 CURVE "
+					   "public key (40 characters; psc-relay prints it at start)");
+	}
+	return PSC_OK;
+}
+
+/* Relay mode: a fresh CURVE client key pair for one socket (the relay accepts
+ * any client: CURVE here protects the transport, not membership). */
+static psc_rc relay_curve(void *sock, const char *server_key, psc_err *err)
+{
+	char pub[41], sec[41];
+	psc_rc rc = PSC_OK;
+	if (zmq_curve_keypair(pub, sec) != 0 ||
+	    zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, server_key, 40) != 0 ||
+	    zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, pub, 40) != 0 ||
+	    zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, sec, 40) != 0)
+		rc = psc_err_set(err, PSC_E_PEER_TRANSPORT, "group channel: relay CURVE setup: %s",
+				 zmq_strerror(zmq_errno()));
+	OPENSSL_cleanse(sec, sizeof(sec));
+	return rc;
+}
+
+static psc_rc relay_connect(psc_peer_chan *c, const psc_peer_chan_relay *r, psc_err *err)
+{
+	if (r->curve_key) {
+		psc_rc rc = relay_curve(c->pub, r->curve_key, err);
+		if (rc == PSC_OK)
+			rc = relay_curve(c->sub, r->curve_key, err);
+		if (rc != PSC_OK)
+			return rc;
+	}
+	if (zmq_connect(c->pub, r->publish_endpoint) != 0)
+		return psc_err_set(err, PSC_E_PEER_TRANSPORT,
+				   "group channel: cannot connect to the relay publish endpoint "
+				   "'%s': %s",
+				   r->publish_endpoint, zmq_strerror(zmq_errno()));
+	if (zmq_connect(c->sub, r->subscribe_endpoint) != 0)
+		return psc_err_set(err, PSC_E_PEER_TRANSPORT,
+				   "group channel: cannot connect to the relay subscribe endpoint "
+				   "'%s': %s",
+				   r->subscribe_endpoint, zmq_strerror(zmq_errno()));
+	return PSC_OK;
+}
+
 psc_rc psc_peer_chan_new(psc_peer_chan **out, psc_peer *peer, const psc_peer_chan_config *cfg,
 			 psc_err *err)
 {
@@ -213,18 +284,23 @@ psc_rc psc_peer_chan_new(psc_peer_chan **out, psc_peer *peer, const psc_peer_cha
 	*out = NULL;
 	if (!peer)
 		return psc_err_set(err, PSC_E_INVALID_ARG, "psc_peer_chan_new: missing argument");
-	if (!peer->data_endpoint || !peer->data_endpoint[0])
+	const psc_peer_chan_relay *relay = cfg ? cfg->relay : NULL;
+	psc_rc rc = relay ? relay_check(relay, err) : PSC_OK;
+	if (rc != PSC_OK)
+		return rc;
+	if (!relay && (!peer->data_endpoint || !peer->data_endpoint[0]))
 		return psc_err_set(err, PSC_E_PEER_CONFIG,
 				   "group channel: the peer has no data endpoint to publish on");
 	psc_peer_chan *c = calloc(1, sizeof(*c));
 	if (!c)
 		return psc_err_set(err, PSC_E_NOMEM, "group channel: out of memory");
 	c->peer = peer;
+	c->relay = relay != NULL;
 	if (cfg) {
 		c->on_message = cfg->on_message;
 		c->user = cfg->user;
 	}
-	psc_rc rc = psc_peer_msg_new(&c->msg, peer, cfg ? cfg->msg : NULL, err);
+	rc = psc_peer_msg_new(&c->msg, peer, cfg ? cfg->msg : NULL, err);
 	if (rc != PSC_OK) {
 		free(c);
 		return rc;
@@ -241,7 +317,11 @@ psc_rc psc_peer_chan_new(psc_peer_chan **out, psc_peer *peer, const psc_peer_cha
 	(void)zmq_setsockopt(c->pub, ZMQ_LINGER, &linger, sizeof(linger));
 	(void)zmq_setsockopt(c->sub, ZMQ_LINGER, &zero, sizeof(zero));
 	(void)zmq_setsockopt(c->sub, ZMQ_MAXMSGSIZE, &maxsz, sizeof(maxsz));
-	if (zmq_bind(c->pub, peer->data_endpoint) != 0) {
+	if (relay) {
+		rc = relay_connect(c, relay, err);
+		if (rc != PSC_OK)
+			goto fail;
+	} else if (zmq_bind(c->pub, peer->data_endpoint) != 0) {
 		rc = psc_err_set(err, PSC_E_PEER_TRANSPORT,
 				 "group channel: cannot bind the data endpoint '%s': %s",
 				 peer->data_endpoint, zmq_strerror(zmq_errno()));
@@ -352,6 +432,14 @@ static int drain(psc_peer_chan *c)
 		}
 		n++;
 		size_t len = zmq_msg_size(&zm);
+		/* Through a relay a member gets its own frames back: skip them
+		 * unopened (the sender Node-ID sits at a fixed offset, §13.2). */
+		if (c->relay && len >= PSC_CHAN_SENDER_OFF + PSC_PEER_ID_LEN &&
+		    memcmp((const uint8_t *)zmq_msg_data(&zm) + PSC_CHAN_SENDER_OFF,
+			   c->peer->node_id, PSC_PEER_ID_LEN) == 0) {
+			zmq_msg_close(&zm);
+			continue;
+		}
 		if (len > c->buf_cap) {
 			uint8_t *nb = malloc(len);
 			if (!nb) {
@@ -450,6 +538,6 @@ void psc_peer_chan_stats_get(const psc_peer_chan *c, psc_peer_chan_stats *out)
 	if (!c)
 		return;
 	*out = c->st;
-	out->connections = c->n_conns;
+	out->connections = c->relay ? 1 : c->n_conns;
 	out->subscriptions = c->n_subs;
 }

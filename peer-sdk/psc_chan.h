@@ -13,6 +13,11 @@
  * best effort, like the datagram-style overlay traffic it carries: a
  * subscriber that is not connected yet misses what is published meanwhile.
  *
+ * Relay mode (psc_peer_chan_relay): the PUB connects to a psc-relay's XSUB
+ * and the SUB to its XPUB, subscribed per PSC as in direct mode; the relay
+ * (peer-sdk/tools/psc_relay_main.c, docs/relay.md) does the fan-out, so a
+ * group costs 2N connections instead of N(N-1). Frames stay byte-identical.
+ *
  * Owns: the two sockets, the psc_peer_msg, the current connection and
  * subscription sets, drop counters.
  * Never: deliver a frame that psc_peer_open() did not accept, block in
@@ -28,6 +33,7 @@
 #define PSC_CHAN_RESYNC_MS 5000	    /* membership re-read even without an epoch change */
 #define PSC_CHAN_DRAIN_MAX 1024	    /* frames handled per process call */
 #define PSC_CHAN_PUB_LINGER_MS 1000 /* queued frames flushed at close, at most this long */
+#define PSC_CHAN_SENDER_OFF 28	    /* sender Node-ID in a frame: 1+1+2+16+8 (§13.2) */
 
 /* The 20-byte SUB prefix of a PSC's frames (suite and sender_signatures as in
  * its psc_peer_psc_info). */

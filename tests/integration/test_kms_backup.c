@@ -151,6 +151,34 @@ static void backup_under_load_wipe_restore(void **state)
 	establish(a, "restore-room1", r1, 2, room1);
 	establish(a, "restore-room2", r2, 1, room2);
 
+	/* bulk: destroyed PSCs whose tombstones keep 32 long labels each, so the
+	 * database is large enough to be copied over several loop turns */
+	for (int i = 0; i < 48; i++) {
+		char name[32], keys[32][8], value[256];
+		proto_label labels[32];
+		memset(value, 'v', 255);
+		value[255] = '\0';
+		for (int j = 0; j < 32; j++) {
+			snprintf(keys[j], sizeof(keys[j]), "k%02d", j);
+			labels[j].key = (proto_bytes){(const uint8_t *)keys[j], strlen(keys[j])};
+			labels[j].value = (proto_bytes){(const uint8_t *)value, 255};
+		}
+		snprintf(name, sizeof(name), "bulk-%02d", i);
+		psc_body est = {.code = PSC_MSG_ESTABLISH_REQ};
+		est.u.establish_req.timestamp = rp_now_ms();
+		est.u.establish_req.params.name = (proto_bytes){(const uint8_t *)name, strlen(name)};
+		est.u.establish_req.params.labels.items = labels;
+		est.u.establish_req.params.labels.n = 32;
+		uint64_t tx = rp_send(a, &est, false);
+		assert_true(rp_wait_answer(a, tx, WAIT));
+		assert_false(a->is_error);
+		uint8_t bulk[16];
+		memcpy(bulk, a->b.u.establish_ans.material.psc_id, 16);
+		tx = rp_psc_req(a, PSC_MSG_DESTROY_REQ, bulk);
+		assert_true(rp_wait_answer(a, tx, WAIT));
+		assert_false(a->is_error);
+	}
+
 	/* load: peer4 joins and leaves room1 over and over (a rekey each time);
 	 * the backup is taken in the middle, by psc-kmsd, while this goes on */
 	char backup[4300], bin[4200], blog[4400];
@@ -180,6 +208,7 @@ static void backup_under_load_wipe_restore(void **state)
 	unsigned long long backup_seq = jnum(bout, "audit_seq");
 	assert_true(backup_seq > 0);
 	assert_int_equal(jnum(bout, "pscs"), 2);
+	assert_true(jnum(bout, "steps") >= 2); /* copied between batches, over several turns */
 	free(bout);
 	struct stat st;
 	assert_int_equal(stat(backup, &st), 0);

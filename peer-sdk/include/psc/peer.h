@@ -447,7 +447,8 @@ psc_rc psc_peer_open(psc_peer_msg *m, const uint8_t *frame, size_t len, uint8_t 
  * does not open (stale or future epoch, replay, bad tag or signature, a PSC
  * not held) is dropped and counted. The channel borrows its psc_peer and its
  * sockets live in the peer's ZeroMQ context: free the channel first. One
- * thread at a time, like the peer.
+ * thread at a time, like the peer. In relay mode (psc_peer_chan_relay below)
+ * both sockets connect to a psc-relay instead.
  */
 typedef struct psc_peer_chan psc_peer_chan;
 
@@ -456,10 +457,33 @@ typedef struct psc_peer_chan psc_peer_chan;
 typedef void (*psc_peer_chan_recv_fn)(void *user, const psc_peer_msg_info *info,
 				      const uint8_t *data, size_t len);
 
+/*
+ * Relay mode (docs/relay.md): instead of a PUB bound at the data endpoint and
+ * a SUB connected to every other member, the PUB connects to a psc-relay's
+ * publish endpoint and the SUB to its subscribe endpoint, still subscribed per
+ * PSC: two connections per member, O(N) for the group instead of N(N-1). The
+ * relay forwards frames it cannot open or forge (they are sealed end to end,
+ * as in direct mode); it sees their metadata (PSC IDs, sender Node-IDs, sizes,
+ * timing). All the members of a PSC must use the same relay: a member in
+ * direct mode does not hear one in relay mode. Frames this peer's Node-ID sent
+ * are not delivered back to it.
+ */
+typedef struct psc_peer_chan_relay {
+	const char *publish_endpoint;	/* the relay's --publish-endpoint (required) */
+	const char *subscribe_endpoint; /* the relay's --subscribe-endpoint (required) */
+	/* The relay's CURVE public key (Z85, 40 characters) if it runs with
+	 * --curve-secret-file: both connections are then encrypted with a fresh
+	 * client key pair. NULL: plain TCP (the frames are sealed either way). */
+	const char *curve_key;
+} psc_peer_chan_relay;
+
+/* Zero-initialise (e.g. `psc_peer_chan_config cc = {.on_message = f}`): fields
+ * added later default to zero. */
 typedef struct psc_peer_chan_config {
 	psc_peer_chan_recv_fn on_message; /* NULL: frames are opened and discarded */
 	void *user;			  /* passed to on_message */
 	const psc_peer_msg_config *msg;	  /* sender certificates; NULL = none */
+	const psc_peer_chan_relay *relay; /* NULL: direct mode (the default); copied */
 } psc_peer_chan_config;
 
 typedef struct psc_peer_chan_stats {
@@ -470,12 +494,13 @@ typedef struct psc_peer_chan_stats {
 	uint64_t dropped_replay;
 	uint64_t dropped_auth; /* bad tag, signature missing or wrong, no certificate */
 	uint64_t dropped_unknown_psc;
-	size_t connections; /* member endpoints the SUB socket is connected to */
+	size_t connections; /* member endpoints the SUB socket is connected to (relay: 1) */
 	size_t subscriptions;
 } psc_peer_chan_stats;
 
-/* Binds the PUB socket at the peer's data endpoint and connects to the
- * members of the PSCs held. *out is NULL on failure. */
+/* Direct mode: binds the PUB socket at the peer's data endpoint and connects
+ * to the members of the PSCs held. Relay mode (cfg->relay): connects both
+ * sockets to the relay; no data endpoint needed. *out is NULL on failure. */
 psc_rc psc_peer_chan_new(psc_peer_chan **out, psc_peer *peer, const psc_peer_chan_config *cfg,
 			 psc_err *err) PSC_WUR;
 /* Closes the sockets (frames still queued get up to 1 s to leave), wipes the

@@ -7,13 +7,18 @@
 #            DPKG_ROOT=<scratch> creates the directories 0750, is idempotent and
 #            never touches what exists; postrm purge keeps keys, audit and state.
 #            No system user is created (DPKG_ROOT skips that by design).
-#   deb      cpack -G DEB; dpkg-deb -I/-c (binaries, conffiles, unit, scripts,
-#            dependencies); dpkg -x into a scratch root; every installed binary
-#            runs (--help, ldd); the shipped kms.yaml and policy.yaml validate;
+#   deb      cpack -G DEB gives two packages, psc-kms and libpscpeer-dev;
+#            dpkg-deb -I/-c (binaries, conffiles, unit, scripts, dependencies;
+#            the SDK only in libpscpeer-dev, which has no service user, unit or
+#            /etc); dpkg -x into a scratch root; every installed binary runs
+#            (--help, ldd); a program builds against the extracted SDK package
+#            alone; the shipped kms.yaml and policy.yaml validate;
 #            the "First start" steps on the shipped kms.yaml rewritten to temp
 #            dirs: token, installed psc-kmsctl init (twice), CSR signed by the
 #            test CA, installed psc-kmsd starts, listens, reloads on SIGHUP,
-#            stops cleanly on SIGTERM, installed psc-audit verifies its log.
+#            stops cleanly on SIGTERM, installed psc-audit verifies its log with
+#            the audit public key init wrote (and psc-kmsctl audit pubkey
+#            prints the same key).
 # Exit 0 pass, 1 fail, 77 skip (a tool is missing, or an ASan build: not packaged).
 set -euo pipefail
 src=${PSC_SOURCE_DIR:?}
@@ -43,7 +48,7 @@ test_unit() {
 		LockPersonality=yes MemoryDenyWriteExecute=yes SystemCallFilter=@system-service \
 		SystemCallArchitectures=native CapabilityBoundingSet= AmbientCapabilities= \
 		UMask=0077 Restart=on-failure 'ExecReload=/bin/kill -HUP $MAINPID' \
-		'ReadWritePaths=/var/lib/psc-kms/state /var/lib/psc-kms/audit /var/lib/psc-kms/token' \
+		'ReadWritePaths=/var/lib/psc-kms/state /var/lib/psc-kms/audit /var/lib/psc-kms/token /var/lib/psc-kms/backup' \
 		'ExecStart=/usr/sbin/psc-kmsd -c /etc/psc-kms/kms.yaml'; do
 		grep -qxF -- "$l" "$unit" || fail "psc-kmsd.service lacks the line '$l'"
 	done
@@ -101,7 +106,7 @@ test_scripts() {
 	grep -q 'key ceremony' "$work/out" || fail "fresh install does not point at the ceremony"
 	local d
 	for d in /var/lib/psc-kms /var/lib/psc-kms/state /var/lib/psc-kms/audit \
-		/var/lib/psc-kms/token /var/lib/psc-kms/curve /etc/psc-kms; do
+		/var/lib/psc-kms/token /var/lib/psc-kms/curve /var/lib/psc-kms/backup /etc/psc-kms; do
 		[ "$(perm "$root$d")" = "750 $me" ] || fail "$d is $(perm "$root$d"), want 750 $me"
 	done
 	for s in kms.yaml policy.yaml softhsm2.conf; do
@@ -155,9 +160,11 @@ test_deb() {
 	# 1. Build it (the tree is built already: preinstall only checks).
 	(cd "$bin" && cpack -G DEB -B "$work/out" >"$work/cpack.log" 2>&1) ||
 		{ cat "$work/cpack.log"; fail "cpack -G DEB"; }
-	local deb
+	local deb sdk
 	deb=$(ls "$work"/out/psc-kms_*.deb)
-	echo "built $(basename "$deb")"
+	sdk=$(ls "$work"/out/libpscpeer-dev_*.deb)
+	[ "$(ls "$work"/out/*.deb | wc -l)" = 2 ] || fail "expected two packages: $(ls "$work"/out)"
+	echo "built $(basename "$deb") $(basename "$sdk")"
 
 	# 2. Control data: name, dependencies from the libraries, suggests, conffiles.
 	local info
@@ -182,30 +189,59 @@ test_deb() {
 	local list f
 	list=$(dpkg-deb -c "$deb" | awk '{print $1, $6}' | sed 's| \./| /|')
 	for f in /usr/sbin/psc-kmsd /usr/sbin/psc-kmsctl /usr/bin/psc-audit /usr/bin/psc-policy \
-		/usr/bin/psc-wire /usr/bin/psc-peer; do
+		/usr/bin/psc-wire /usr/bin/psc-peer /usr/bin/psc-relay; do
 		grep -q "^-rwxr-xr-x $f$" <<<"$list" || fail "$f missing or not 0755"
 	done
 	for f in /etc/psc-kms/kms.yaml /etc/psc-kms/policy.yaml /etc/psc-kms/softhsm2.conf \
-		/lib/systemd/system/psc-kmsd.service /usr/include/psc/peer.h /usr/include/psc/psc_rc.h \
-		/usr/lib/pkgconfig/pscpeer.pc /usr/lib/libpscpeer.so.0 /usr/lib/libpscpeer.so \
+		/lib/systemd/system/psc-kmsd.service \
 		/usr/share/doc/psc-kms/operator.md /usr/share/doc/psc-kms/examples/policy.yaml; do
 		grep -q " $f$" <<<"$list" || fail "$f not in the package"
 	done
 	grep -q '^-rw-r----- /etc/psc-kms/kms.yaml$' <<<"$list" || fail "kms.yaml not 0640 in the package"
 	! grep -q ' /usr/local' <<<"$list" || fail "files under /usr/local"
+	! grep -q ' /usr/include\| /usr/lib/libpscpeer\| /usr/lib/pkgconfig' <<<"$list" ||
+		fail "the SDK is in psc-kms, not only in libpscpeer-dev"
+
+	# 3b. libpscpeer-dev: the SDK alone, for peer hosts and developers.
+	info=$(dpkg-deb -I "$sdk")
+	grep -q '^ Package: libpscpeer-dev$' <<<"$info" || fail "SDK Package"
+	grep -q '^ Section: libdevel$' <<<"$info" || fail "SDK Section"
+	for dep in libc6 libssl3 libzmq5; do
+		grep -q "^ Depends:.*\b$dep\b" <<<"$info" || fail "SDK Depends lacks $dep: $info"
+	done
+	! grep -q '^ Depends:.*\b\(adduser\|psc-kms\|libsqlite3-0\|libp11-3\)\b' <<<"$info" ||
+		fail "the SDK depends on the KMS side: $info"
+	mkdir -p "$work/sdkctrl"
+	dpkg-deb -e "$sdk" "$work/sdkctrl"
+	[ ! -e "$work/sdkctrl/conffiles" ] || fail "SDK package has conffiles"
+	! grep -qs 'adduser\|psc-kmsd\|/var/lib/psc-kms' "$work/sdkctrl"/post* "$work/sdkctrl"/pre* ||
+		fail "SDK package scripts touch the KMS"
+	local slist
+	slist=$(dpkg-deb -c "$sdk" | awk '{print $1, $6}' | sed 's| \./| /|')
+	for f in /usr/include/psc/peer.h /usr/include/psc/psc_rc.h /usr/lib/pkgconfig/pscpeer.pc \
+		/usr/lib/libpscpeer.so.0 /usr/lib/libpscpeer.so; do
+		grep -q " $f$" <<<"$slist" || fail "$f not in libpscpeer-dev"
+	done
+	! grep -q ' /usr/sbin\| /usr/bin\| /etc\| /lib/systemd' <<<"$slist" ||
+		fail "libpscpeer-dev holds more than the SDK: $slist"
 
 	# 4. Extract and run what was installed.
-	local r=$work/root
+	local r=$work/root rs=$work/sdkroot
 	dpkg -x "$deb" "$r"
+	dpkg -x "$sdk" "$rs"
 	cmp -s "$r/lib/systemd/system/psc-kmsd.service" "$pkg/psc-kmsd.service" || fail "unit differs"
 	cmp -s "$r/etc/psc-kms/kms.yaml" "$pkg/kms.yaml" || fail "kms.yaml differs"
-	grep -q '^prefix=/usr$' "$r/usr/lib/pkgconfig/pscpeer.pc" || fail "pscpeer.pc prefix: $(head -1 "$r/usr/lib/pkgconfig/pscpeer.pc")"
+	grep -q '^prefix=/usr$' "$rs/usr/lib/pkgconfig/pscpeer.pc" || fail "pscpeer.pc prefix: $(head -1 "$rs/usr/lib/pkgconfig/pscpeer.pc")"
 	local b
 	for b in usr/sbin/psc-kmsd usr/sbin/psc-kmsctl usr/bin/psc-audit usr/bin/psc-policy \
-		usr/bin/psc-wire usr/bin/psc-peer usr/lib/libpscpeer.so.0; do
+		usr/bin/psc-wire usr/bin/psc-peer; do
 		! ldd "$r/$b" | grep -q 'not found' || fail "$b: $(ldd "$r/$b" | grep 'not found')"
 		! ldd "$r/$b" | grep -q "$bin" || fail "$b links something in the build tree"
+		! ldd "$r/$b" | grep -q 'libpscpeer' || fail "$b needs libpscpeer (in the other package)"
 	done
+	b=usr/lib/libpscpeer.so.0
+	! ldd "$rs/$b" | grep -q 'not found' || fail "$b: $(ldd "$rs/$b" | grep 'not found')"
+	! ldd "$rs/$b" | grep -q "$bin" || fail "$b links something in the build tree"
 	for b in usr/sbin/psc-kmsd usr/sbin/psc-kmsctl usr/bin/psc-audit usr/bin/psc-policy \
 		usr/bin/psc-peer; do
 		"$r/$b" --help >"$work/help" 2>&1 || fail "$b --help exited $?"
@@ -213,12 +249,12 @@ test_deb() {
 	done
 	"$r/usr/bin/psc-wire" --help >"$work/help" 2>&1 || true # prints usage; exit status is its own
 	grep -q 'usage: psc-wire' "$work/help" || fail "psc-wire --help"
-	# The SDK: compile and link a program against the installed header and library.
+	# The SDK: compile and link a program against libpscpeer-dev alone.
 	if command -v cc >/dev/null 2>&1; then
 		printf '#include <psc/peer.h>\nint main(void) { psc_peer *p = NULL; psc_peer_free(&p); return p != NULL; }\n' >"$work/sdk.c"
-		cc -I"$r/usr/include" "$work/sdk.c" -L"$r/usr/lib" -lpscpeer -o "$work/sdk" ||
+		cc -I"$rs/usr/include" "$work/sdk.c" -L"$rs/usr/lib" -lpscpeer -o "$work/sdk" ||
 			fail "a program does not build against the installed SDK"
-		LD_LIBRARY_PATH=$r/usr/lib "$work/sdk" || fail "SDK program"
+		LD_LIBRARY_PATH=$rs/usr/lib "$work/sdk" || fail "SDK program"
 	fi
 
 	# 5. The shipped configuration validates as shipped.
@@ -278,8 +314,15 @@ test_deb() {
 	[ $rc -eq 0 ] || fail "psc-kmsd exited $rc on SIGTERM: $(cat "$work/kmsd.log")"
 	[ -f "$v/state/state.db" ] || fail "no state database in $v/state"
 	ls "$v"/audit/audit-*.jsonl >/dev/null 2>&1 || fail "no audit log in $v/audit"
-	"$r/usr/bin/psc-audit" verify "$v/audit" >"$work/verify" 2>&1 ||
+	# The audit public key: written by init next to the CSR, printed again by
+	# psc-kmsctl audit pubkey; auditors verify the log offline with it.
+	[ -f "$v/audit-pub.pem" ] || fail "init did not write $v/audit-pub.pem"
+	"$r/usr/sbin/psc-kmsctl" audit pubkey -c "$e/kms.yaml" >"$work/pub.pem" ||
+		fail "psc-kmsctl audit pubkey"
+	cmp -s "$work/pub.pem" "$v/audit-pub.pem" || fail "audit pubkey differs from init's file"
+	"$r/usr/bin/psc-audit" verify "$v/audit" --pubkey "$v/audit-pub.pem" >"$work/verify" 2>&1 ||
 		fail "installed psc-audit verify: $(cat "$work/verify")"
+	grep -q 'signature(s) verified' "$work/verify" || fail "no signatures checked: $(cat "$work/verify")"
 
 	# 7. dpkg itself drives the maintainer scripts: install, reinstall over an
 	# edited conffile, purge, into a scratch root. --force-script-chrootless runs
@@ -289,9 +332,15 @@ test_deb() {
 	: >"$d/var/lib/dpkg/status"
 	umask 022
 	local dpkg=(dpkg --root="$d" --force-script-chrootless --force-depends --force-confold)
+	# The SDK alone makes no KMS: no /etc/psc-kms, no data directories, no unit.
+	"${dpkg[@]}" -i "$sdk" >"$work/dpkg.log" 2>&1 || fail "dpkg -i SDK: $(cat "$work/dpkg.log")"
+	[ -f "$d/usr/include/psc/peer.h" ] || fail "dpkg install SDK: header"
+	[ ! -e "$d/etc/psc-kms" ] && [ ! -e "$d/var/lib/psc-kms" ] && [ ! -e "$d/usr/sbin/psc-kmsd" ] ||
+		fail "installing libpscpeer-dev made KMS files"
 	"${dpkg[@]}" -i "$deb" >"$work/dpkg.log" 2>&1 || fail "dpkg -i: $(cat "$work/dpkg.log")"
 	[ "$(stat -c %a "$d/etc/psc-kms")" = 750 ] || fail "dpkg install: /etc/psc-kms not 0750"
 	[ "$(stat -c %a "$d/var/lib/psc-kms/token")" = 750 ] || fail "dpkg install: token dir"
+	[ "$(stat -c %a "$d/var/lib/psc-kms/backup")" = 750 ] || fail "dpkg install: backup dir"
 	[ -f "$d/lib/systemd/system/psc-kmsd.service" ] || fail "dpkg install: unit"
 	echo '# edited by the operator' >>"$d/etc/psc-kms/kms.yaml"
 	echo 'token object' >"$d/var/lib/psc-kms/token/obj"
@@ -305,6 +354,9 @@ test_deb() {
 	[ -f "$d/var/lib/psc-kms/token/obj" ] || fail "purge deleted token data"
 	[ -f "$d/var/lib/psc-kms/audit/audit-00000001.jsonl" ] || fail "purge deleted the audit log"
 	grep -q 'kept /var/lib/psc-kms' "$work/dpkg.log" || fail "purge did not say what it kept"
+	[ -f "$d/usr/include/psc/peer.h" ] || fail "purging psc-kms removed the SDK"
+	"${dpkg[@]}" -P libpscpeer-dev >"$work/dpkg.log" 2>&1 || fail "dpkg purge SDK: $(cat "$work/dpkg.log")"
+	[ ! -e "$d/usr/include/psc/peer.h" ] || fail "SDK purge kept the header"
 	echo "deb: ok"
 }
 
