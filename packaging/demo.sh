@@ -241,9 +241,10 @@ for w in alice bob carol dave erin; do
 	[ -n "${pid[$w]:-}" ] && { tell "$w" "quit"; wait "${pid[$w]}" || true; show "$w"; unset "pid[$w]"; }
 done
 
-say "15. psc-kmsd stops; the audit log of this run is verified offline"
+say "15. psc-kmsd stops; the audit log of this run is verified offline, checkpoint signatures"
+echo "    checked with the audit public key that psc-kmsctl init exported (audit-pub.pem)"
 kill -TERM "$kmsd_pid"; wait "$kmsd_pid" || true; kmsd_pid=
-"$build/audit/psc-audit" verify "$work/kms/audit" | sed 's/^/    /'
+"$build/audit/psc-audit" verify "$work/kms/audit" --pubkey "$work/kms/audit-pub.pem" | sed 's/^/    /'
 echo "    key events recorded:"
 "$build/audit/psc-audit" show "$work/kms/audit" --json | grep -o '"event":"[a-z._]*"' |
 	sort | uniq -c | sed 's/"event"://; s/^/     /'
