@@ -470,8 +470,9 @@ static void process(pmem *me)
 
 /* Waits up to ms for any member's KMS connection or channel, then processes
  * the members whose descriptors fired (every member every SWEEP_S: ZMQ_FD is
- * edge-triggered). Members [0, first_n) of r.mm; extra = one more member or NULL. */
-static void pump_some(prun *r, size_t first_n, pmem *extra, int ms)
+ * edge-triggered). Members [0, first_n) of r.mm; extra = one more member or NULL.
+ * Returns how many descriptors fired (0: nothing arrived within ms). */
+static int pump_some(prun *r, size_t first_n, pmem *extra, int ms)
 {
 	size_t k = 0, n = first_n + (extra ? 1 : 0);
 	for (size_t i = 0; i < n; i++) {
@@ -486,7 +487,7 @@ static void pump_some(prun *r, size_t first_n, pmem *extra, int ms)
 			r->pfd_mem[k++] = i;
 		}
 	}
-	(void)poll(r->pfd, k, ms);
+	int fired_n = poll(r->pfd, k, ms);
 	double now = bench_now();
 	bool sweep = now - r->last_sweep > SWEEP_S;
 	if (sweep)
@@ -503,6 +504,7 @@ static void pump_some(prun *r, size_t first_n, pmem *extra, int ms)
 			prev = i;
 		}
 	}
+	return fired_n > 0 ? fired_n : 0;
 }
 
 static void pump(prun *r, pmem *extra, int ms)
@@ -513,9 +515,9 @@ static void pump(prun *r, pmem *extra, int ms)
 /* Only the members with a channel: in the channel and message phases the
  * others have nothing to do, and polling them would charge PSC for the
  * driver's bookkeeping (scaled, in sampled runs). */
-static void pump_chan(prun *r, int ms)
+static int pump_chan(prun *r, int ms)
 {
-	pump_some(r, r->s, NULL, ms);
+	return pump_some(r, r->s, NULL, ms);
 }
 
 static size_t holding(const prun *r, uint64_t epoch, pmem *extra)
@@ -642,6 +644,7 @@ static void psc_run(const pvt_ident *ids, size_t n, int m, int relay, pvt_fig *o
 	for (size_t i = 0; i < s; i++)
 		chan_open(&r.mm[i]);
 	size_t ready = 0;
+	bool idle = true; /* the last pump found nothing to process */
 	while (ready < s) {
 		double now = bench_now();
 		if (now - t_keys > WAIT_S)
@@ -651,7 +654,11 @@ static void psc_run(const pvt_ident *ids, size_t n, int m, int relay, pvt_fig *o
 			pmem *me = &r.mm[i];
 			if (me->heard_by + 1 >= s) {
 				ready++;
-			} else if (now - me->last_probe > me->probe_gap) {
+			} else if (now - me->last_probe > me->probe_gap &&
+				   (idle || me->last_probe == 0)) {
+				/* a repeat only once the probes sent so far were
+				 * processed: a repeat while members are still opening
+				 * them measures the driver's lag, not the channel */
 				/* backing off: a probe costs every connected member an open */
 				send_msg(me, 'P', 0);
 				out->probes++;
@@ -661,7 +668,7 @@ static void psc_run(const pvt_ident *ids, size_t n, int m, int relay, pvt_fig *o
 					me->probe_gap = PROBE_MAX_S;
 			}
 		}
-		pump_chan(&r, 5);
+		idle = pump_chan(&r, 5) == 0;
 	}
 	double c_chan = cpu_all(), t_chan = bench_now();
 	out->relay_setup_cpu = relay_cpu() - r0;
@@ -836,6 +843,7 @@ static void zref_run(size_t s, int m, double *setup_cpu, double *msg_cpu, uint64
 	size_t ready = 0;
 	double start = bench_now();
 	uint64_t got = 0;
+	bool zidle = true;
 	for (int phase = 0; phase < 2; phase++) {
 		uint64_t want = (uint64_t)s * (s - 1) * (uint64_t)m, seen = 0;
 		double last = bench_now();
@@ -857,7 +865,7 @@ static void zref_run(size_t s, int m, double *setup_cpu, double *msg_cpu, uint64
 			for (size_t i = 0; phase == 0 && i < s; i++) {
 				if (z[i].heard_by + 1 >= s) {
 					ready++;
-				} else if (now - z[i].last > z[i].gap) {
+				} else if (now - z[i].last > z[i].gap && (zidle || z[i].last == 0)) {
 					memset(buf, 'P', sizeof(buf));
 					buf[1] = (uint8_t)i;
 					(void)zmq_send(z[i].pub, buf, sizeof(buf), ZMQ_DONTWAIT);
@@ -873,7 +881,7 @@ static void zref_run(size_t s, int m, double *setup_cpu, double *msg_cpu, uint64
 				(void)zmq_getsockopt(z[i].sub, ZMQ_FD, &fd, &fl);
 				pf[i] = (struct pollfd){.fd = fd, .events = POLLIN};
 			}
-			(void)poll(pf, s, 5);
+			zidle = poll(pf, s, 5) <= 0; /* same repeat rule as psc_run */
 			for (size_t i = 0; i < s; i++) {
 				int r;
 				while ((r = zmq_recv(z[i].sub, buf, sizeof(buf), ZMQ_DONTWAIT)) >
@@ -1252,8 +1260,9 @@ static void write_section(const char *path, const row *rows, size_t nr, int m, d
 		"applies its Refresh (KMS signature check, ECDH P-256 unwrap); then the members "
 		"open the SDK's group channel (ZeroMQ PUB/SUB: each member's SUB socket "
 		"connects to every other member's PUB, plain TCP, no handshake cryptography) "
-		"and each repeats a probe (after 10 ms, then doubling up to 160 ms) until every "
-		"other member opened one. *PSC via relay*: the same with other identities and "
+		"and each repeats a probe (after 10 ms, then doubling up to 160 ms, and only "
+		"once every probe sent so far was processed, so that a repeat measures lost "
+		"probes, not the driver's lag) until every other member opened one. *PSC via relay*: the same with other identities and "
 		"the channel in relay mode (`psc_peer_chan_relay`, docs/relay.md): every "
 		"member's PUB and SUB connect to one psc-relay process (XSUB/XPUB, plain TCP "
 		"like the direct channel, started before the run like psc-kmsd), 2N "
@@ -1418,13 +1427,15 @@ int main(int argc, char **argv)
 		relay_stop();
 		printf("N=%zu PSC via relay: setup %.3f s CPU, %.3f s wall (keys %.3f s CPU; "
 		       "channel %.3f s CPU of which psc-relay %.3f, %.3f s wall); %llu/%llu "
-		       "delivered, %.2f us CPU per delivered message (psc-relay %.2f)\n",
+		       "delivered, %.2f us CPU per delivered message (psc-relay %.2f); %llu "
+		       "readiness probes\n",
 		       n, r->relay.setup_cpu, r->relay.setup_wall, r->relay.keys_cpu,
 		       r->relay.chan_cpu, r->relay.relay_setup_cpu, r->relay.chan_wall,
 		       (unsigned long long)r->relay.delivered, (unsigned long long)r->relay.expected,
 		       r->relay.msg_cpu / (double)(r->relay.delivered ? r->relay.delivered : 1) * 1e6,
 		       r->relay.relay_msg_cpu /
-			   (double)(r->relay.delivered ? r->relay.delivered : 1) * 1e6);
+			   (double)(r->relay.delivered ? r->relay.delivered : 1) * 1e6,
+		       (unsigned long long)r->relay.probes);
 		fflush(stdout);
 		psc_join_run(ids + n + 1, n, &r->join);
 		printf("N=%zu PSC keys: member objects %.3f s CPU, Initialize %.3f s CPU, "
