@@ -1247,7 +1247,7 @@ static void write_section(const char *path, const row *rows, size_t nr, int m, d
 		"to 17 us over seven development runs while the meshes' stayed within 10%%). "
 		"Whole run %.0f s. "
 		"psc-kmsd as built (RelWithDebInfo) with `mkkms.sh`'s config (SoftHSM 2 token, "
-		"`hsm.workers: 1`, CURVE on, audit log with fdatasync and SQLite state on the "
+		"`hsm.workers: 2`, CURVE on, audit log with fdatasync and SQLite state on the "
 		"local disk). Command: `%s` (it builds, runs `psc_vs_tls --section ... --data "
 		"...`, plots and rewrites this section).\n\n",
 		date, u.machine, cpu, sysconf(_SC_NPROCESSORS_ONLN), OPENSSL_VERSION_TEXT, load0,
