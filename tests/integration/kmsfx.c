@@ -130,3 +130,37 @@ int kmsfx_audit_verify(kmsfx *fx)
 	free(out);
 	return rc;
 }
+
+int kmsfx_ctl(const kmsfx *fx, char **out, const char *const *words)
+{
+	char bin[4200];
+	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsctl", PSC_BINARY_DIR);
+	char *argv[12] = {bin};
+	size_t n = 1;
+	for (size_t i = 0; words[i] && n < 9; i++)
+		argv[n++] = (char *)words[i];
+	argv[n++] = "-c";
+	argv[n++] = (char *)fx->config;
+	argv[n] = NULL;
+	setenv("SOFTHSM2_CONF", fx->softhsm, 1);
+	*out = NULL;
+	int rc = pt_run(argv, out, 120000);
+	if (!*out)
+		*out = calloc(1, 1);
+	return rc;
+}
+
+const char *kmsfx_json_find(const char *json, const char *obj, const char *key)
+{
+	const char *p = json;
+	char pat[80];
+	if (obj) {
+		snprintf(pat, sizeof(pat), "\"%s\":{", obj);
+		p = strstr(json, pat);
+		if (!p)
+			return NULL;
+	}
+	snprintf(pat, sizeof(pat), "\"%s\":", key);
+	p = strstr(p, pat);
+	return p ? p + strlen(pat) : NULL;
+}

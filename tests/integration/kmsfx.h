@@ -35,6 +35,13 @@ int kmsfx_sh(const char *cmd);
 /* Runs psc-audit with up to three arguments after the subcommand; *out gets
  * its output (caller frees). Returns the exit code. */
 int kmsfx_audit(kmsfx *fx, const char *sub, const char *a1, const char *a2, char **out);
+/* psc-kmsctl WORDS... -c CONFIG (words: NULL-terminated, at most 8), with the
+ * installation's SoftHSM config in the environment. *out gets its output
+ * (caller frees; "" rather than NULL). Returns its exit code. */
+int kmsfx_ctl(const kmsfx *fx, char **out, const char *const *words);
+/* Where the value of "key": starts in json, inside the object "obj":{ when obj
+ * is not NULL; NULL if absent. For tests reading psc-kmsctl's --json output. */
+const char *kmsfx_json_find(const char *json, const char *obj, const char *key);
 /* psc-audit verify on the installation's log (the daemon stopped first);
  * prints psc-audit's output when it fails. Returns its exit code. */
 int kmsfx_audit_verify(kmsfx *fx);

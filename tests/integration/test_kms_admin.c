@@ -38,39 +38,20 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* Runs psc-kmsctl -c CONFIG with up to three words and an optional --json;
- * returns its exit code, *out its output (caller frees). */
+/* psc-kmsctl with up to four words (kmsfx_ctl); *out its output. */
 static int ctl(char **out, const char *a1, const char *a2, const char *a3, const char *a4)
 {
-	char bin[4200];
-	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsctl", PSC_BINARY_DIR);
-	char *argv[] = {bin, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL, NULL, NULL};
-	size_t n = 1;
-	while (argv[n])
-		n++;
-	argv[n++] = "-c";
-	argv[n++] = fx.config;
-	int rc = pt_run(argv, out, 60000);
-	assert_non_null(*out);
-	return rc;
+	const char *w[] = {a1, a2, a3, a4, NULL};
+	return kmsfx_ctl(&fx, out, w);
 }
 
-/* The number after "key": inside the object that follows "obj": (or the whole
- * text when obj is NULL). */
+/* The number after "key": inside the object "obj" (or anywhere when NULL). */
 static unsigned long long jnum(const char *json, const char *obj, const char *key)
 {
-	const char *p = json;
-	char pat[64];
-	if (obj) {
-		snprintf(pat, sizeof(pat), "\"%s\":{", obj);
-		p = strstr(json, pat);
-		assert_non_null(p);
-	}
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	p = strstr(p, pat);
-	if (!p)
-		fail_msg("no %s in %s", key, json);
-	return strtoull(p + strlen(pat), NULL, 10);
+	const char *v = kmsfx_json_find(json, obj, key);
+	if (!v)
+		fail_msg("no %s.%s in %s", obj ? obj : "", key, json);
+	return strtoull(v, NULL, 10);
 }
 
 static rawpeer *init_peer(const char *name)

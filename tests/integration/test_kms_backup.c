@@ -42,23 +42,12 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* psc-kmsctl with up to four words, -c config (of f) and the token's
- * SoftHSM config in the environment; *out its output. */
+/* psc-kmsctl with up to four words against installation f (kmsfx_ctl). */
 static int ctl_at(const kmsfx *f, char **out, const char *a1, const char *a2, const char *a3,
 		  const char *a4)
 {
-	char bin[4200];
-	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsctl", PSC_BINARY_DIR);
-	char *argv[] = {bin, (char *)a1, (char *)a2, (char *)a3, (char *)a4, NULL, NULL, NULL};
-	size_t n = 1;
-	while (argv[n])
-		n++;
-	argv[n++] = "-c";
-	argv[n++] = (char *)f->config;
-	setenv("SOFTHSM2_CONF", f->softhsm, 1);
-	int rc = pt_run(argv, out, 120000);
-	assert_non_null(*out);
-	return rc;
+	const char *w[] = {a1, a2, a3, a4, NULL};
+	return kmsfx_ctl(f, out, w);
 }
 
 static int ctl(char **out, const char *a1, const char *a2, const char *a3, const char *a4)
@@ -68,12 +57,10 @@ static int ctl(char **out, const char *a1, const char *a2, const char *a3, const
 
 static unsigned long long jnum(const char *json, const char *key)
 {
-	char pat[64];
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	const char *p = strstr(json, pat);
-	if (!p)
+	const char *v = kmsfx_json_find(json, NULL, key);
+	if (!v)
 		fail_msg("no %s in %s", key, json);
-	return strtoull(p + strlen(pat), NULL, 10);
+	return strtoull(v, NULL, 10);
 }
 
 static rawpeer *init_peer(const char *name)

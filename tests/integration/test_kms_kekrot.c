@@ -46,37 +46,17 @@ static int teardown(void **state)
 static int ctl(char **out, const char *a1, const char *a2, const char *a3, const char *a4,
 	       const char *a5, const char *a6)
 {
-	char bin[4200];
-	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsctl", PSC_BINARY_DIR);
-	char *argv[] = {bin,	    (char *)a1, (char *)a2, (char *)a3, (char *)a4,
-			(char *)a5, (char *)a6, NULL,	    NULL,	NULL};
-	size_t n = 1;
-	while (argv[n])
-		n++;
-	argv[n++] = "-c";
-	argv[n++] = fx.config;
-	setenv("SOFTHSM2_CONF", fx.softhsm, 1);
-	int rc = pt_run(argv, out, 120000);
-	assert_non_null(*out);
-	return rc;
+	const char *w[] = {a1, a2, a3, a4, a5, a6, NULL};
+	return kmsfx_ctl(&fx, out, w);
 }
 
 /* The number or string after "key": (inside the object named obj, if any). */
 static const char *jfind(const char *json, const char *obj, const char *key)
 {
-	const char *p = json;
-	char pat[64];
-	if (obj) {
-		snprintf(pat, sizeof(pat), "\"%s\":{", obj);
-		p = strstr(json, pat);
-		if (!p)
-			fail_msg("no %s in %s", obj, json);
-	}
-	snprintf(pat, sizeof(pat), "\"%s\":", key);
-	p = strstr(p, pat);
-	if (!p)
-		fail_msg("no %s in %s", key, json);
-	return p + strlen(pat);
+	const char *v = kmsfx_json_find(json, obj, key);
+	if (!v)
+		fail_msg("no %s.%s in %s", obj ? obj : "", key, json);
+	return v;
 }
 
 static unsigned long long jnum(const char *json, const char *obj, const char *key)
