@@ -44,7 +44,9 @@ static psc_rc clear_existing(hsm_ctx *ctx, bool overwrite, psc_err *err)
 	return PSC_OK;
 }
 
-static psc_rc make_kek(hsm_ctx *ctx, uint8_t id[HSM_KEK_ID_LEN], CK_OBJECT_HANDLE *h, psc_err *err)
+/* The master KEK: one template for the ceremony and for rotation (hsm_kek.c). */
+psc_rc hsm_kek_generate(hsm_ctx *ctx, const char *label, uint8_t id[HSM_KEK_ID_LEN],
+			CK_OBJECT_HANDLE *h, psc_err *err)
 {
 	CK_RV rv = ctx->f->C_GenerateRandom(ctx->ctl, id, HSM_KEK_ID_LEN);
 	if (rv != CKR_OK)
@@ -69,14 +71,14 @@ static psc_rc make_kek(hsm_ctx *ctx, uint8_t id[HSM_KEK_ID_LEN], CK_OBJECT_HANDL
 	    {CKA_SIGN, &f, sizeof(f)},
 	    {CKA_VERIFY, &f, sizeof(f)},
 	    {CKA_DERIVE, &f, sizeof(f)},
-	    {CKA_LABEL, (void *)HSM_LABEL_KEK, strlen(HSM_LABEL_KEK)},
+	    {CKA_LABEL, (void *)label, strlen(label)},
 	    {CKA_ID, id, HSM_KEK_ID_LEN},
 	};
 	CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
 	rv = ctx->f->C_GenerateKey(ctx->ctl, &m, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), h);
 	if (rv != CKR_OK)
 		return hsm_p11_fail(ctx, rv, "C_GenerateKey(CKM_AES_KEY_GEN, master KEK)",
-				    PSC_E_HSM_P11, "the token cannot make the master KEK", err);
+				    PSC_E_HSM_P11, "the token cannot make a master KEK", err);
 	return PSC_OK;
 }
 
@@ -261,7 +263,7 @@ psc_rc hsm_ceremony(hsm_ctx *ctx, const hsm_ceremony_opts *o, uint8_t kek_id_out
 				    CK_INVALID_HANDLE, CK_INVALID_HANDLE};
 	psc_rc rc = clear_existing(ctx, o->overwrite, err);
 	if (rc == PSC_OK)
-		rc = make_kek(ctx, id, &made[0], err);
+		rc = hsm_kek_generate(ctx, HSM_LABEL_KEK, id, &made[0], err);
 	if (rc == PSC_OK)
 		rc =
 		    make_pair(ctx, HSM_LABEL_IDENTITY, HSM_ID_IDENTITY, o->rsa_bits, &made[1], err);

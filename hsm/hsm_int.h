@@ -71,6 +71,11 @@ struct hsm_ctx {
  * M): CKR_NAME (0x..): <hint>". Transient faults mark the HSM down and give
  * PSC_E_HSM_DOWN whatever `rc` says; otherwise `rc` is returned.
  */
+/* Generates a master KEK on the token (wrap/unwrap only, sensitive, never
+ * extractable) labelled `label`, with a random CKA_ID written to id. Uses the
+ * control session: the caller serialises (ceremony alone, or ctx->lock). */
+psc_rc hsm_kek_generate(hsm_ctx *ctx, const char *label, uint8_t id[HSM_KEK_ID_LEN],
+			CK_OBJECT_HANDLE *h, psc_err *err) PSC_WUR;
 psc_rc hsm_p11_fail(hsm_ctx *ctx, CK_RV rv, const char *fn, psc_rc rc, const char *hint,
 		    psc_err *err);
 bool hsm_rv_transient(CK_RV rv);

@@ -152,42 +152,11 @@ psc_rc hsm_kek_next_create(hsm_ctx *ctx, uint8_t id[HSM_KEK_ID_LEN], bool *creat
 	if (rc != PSC_OK || found)
 		return rc;
 	pthread_mutex_lock(&ctx->lock);
-	CK_RV rv = ctx->f->C_GenerateRandom(ctx->ctl, id, HSM_KEK_ID_LEN);
-	if (rv != CKR_OK) {
-		pthread_mutex_unlock(&ctx->lock);
-		return hsm_p11_fail(ctx, rv, "C_GenerateRandom", PSC_E_HSM_P11, NULL, err);
-	}
-	CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-	CK_KEY_TYPE kt = CKK_AES;
-	CK_ULONG len = 32;
-	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
-	/* The ceremony's KEK policy (DESIGN.md §3): wrap/unwrap only, sensitive,
-	 * never extractable. */
-	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_CLASS, &cls, sizeof(cls)},
-	    {CKA_KEY_TYPE, &kt, sizeof(kt)},
-	    {CKA_VALUE_LEN, &len, sizeof(len)},
-	    {CKA_TOKEN, &t, sizeof(t)},
-	    {CKA_PRIVATE, &t, sizeof(t)},
-	    {CKA_SENSITIVE, &t, sizeof(t)},
-	    {CKA_EXTRACTABLE, &f, sizeof(f)},
-	    {CKA_WRAP, &t, sizeof(t)},
-	    {CKA_UNWRAP, &t, sizeof(t)},
-	    {CKA_ENCRYPT, &f, sizeof(f)},
-	    {CKA_DECRYPT, &f, sizeof(f)},
-	    {CKA_SIGN, &f, sizeof(f)},
-	    {CKA_VERIFY, &f, sizeof(f)},
-	    {CKA_DERIVE, &f, sizeof(f)},
-	    {CKA_LABEL, (void *)HSM_LABEL_KEK_NEXT, strlen(HSM_LABEL_KEK_NEXT)},
-	    {CKA_ID, id, HSM_KEK_ID_LEN},
-	};
-	CK_MECHANISM m = {CKM_AES_KEY_GEN, NULL, 0};
 	CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
-	rv = ctx->f->C_GenerateKey(ctx->ctl, &m, tmpl, sizeof(tmpl) / sizeof(tmpl[0]), &h);
+	rc = hsm_kek_generate(ctx, HSM_LABEL_KEK_NEXT, id, &h, err);
 	pthread_mutex_unlock(&ctx->lock);
-	if (rv != CKR_OK)
-		return hsm_p11_fail(ctx, rv, "C_GenerateKey(CKM_AES_KEY_GEN, next master KEK)",
-				    PSC_E_HSM_P11, "the token cannot make a new master KEK", err);
+	if (rc != PSC_OK)
+		return rc;
 	*created = true;
 	return PSC_OK;
 }

@@ -1921,13 +1921,7 @@ uint64_t kmsd_next_deadline(kmsd *k)
 
 static int collect_restored(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN])
 {
-	uint8_t(*ids)[PSC_PSC_ID_LEN + 1] = arg;
-	size_t n = ids[0][0];
-	if (n >= TIMER_REKEYS_PER_TURN)
-		return 1;
-	memcpy(ids[1 + n], psc_id, PSC_PSC_ID_LEN);
-	ids[0][0] = (uint8_t)(n + 1);
-	return 0;
+	return collect_due(arg, psc_id, 0);
 }
 
 size_t kmsd_rekey_restored(kmsd *k)

@@ -1638,14 +1638,14 @@ psc_rc kms_store_epoch_previous(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LE
 	return rc;
 }
 
-psc_rc kms_store_epochs_by_kek(kms_store *s, const char *kek_id,
-			       int (*fn)(void *arg, const kms_epoch *e), void *arg, psc_err *err)
+/* Every epoch row of statement id (bound to kek_id) through fn. */
+static psc_rc epochs_with_kek(kms_store *s, enum st id, const char *what, const char *kek_id,
+			      int (*fn)(void *arg, const kms_epoch *e), void *arg, psc_err *err)
 {
 	if (!s || !kek_id || !fn)
-		return psc_err_set(err, PSC_E_INVALID_ARG,
-				   "kms_store_epochs_by_kek: NULL argument");
+		return psc_err_set(err, PSC_E_INVALID_ARG, "%s: NULL argument", what);
 	sqlite3_stmt *st;
-	psc_rc rc = st_get(s, ST_EPOCHS_BY_KEK, &st, err);
+	psc_rc rc = st_get(s, id, &st, err);
 	if (rc != PSC_OK)
 		return rc;
 	b_text(st, 1, kek_id, strlen(kek_id));
@@ -1660,26 +1660,18 @@ psc_rc kms_store_epochs_by_kek(kms_store *s, const char *kek_id,
 	return rc;
 }
 
+psc_rc kms_store_epochs_by_kek(kms_store *s, const char *kek_id,
+			       int (*fn)(void *arg, const kms_epoch *e), void *arg, psc_err *err)
+{
+	return epochs_with_kek(s, ST_EPOCHS_BY_KEK, "kms_store_epochs_by_kek", kek_id, fn, arg,
+			       err);
+}
+
 psc_rc kms_store_epochs_not_kek(kms_store *s, const char *kek_id,
 				int (*fn)(void *arg, const kms_epoch *e), void *arg, psc_err *err)
 {
-	if (!s || !kek_id || !fn)
-		return psc_err_set(err, PSC_E_INVALID_ARG,
-				   "kms_store_epochs_not_kek: NULL argument");
-	sqlite3_stmt *st;
-	psc_rc rc = st_get(s, ST_EPOCHS_NOT_KEK, &st, err);
-	if (rc != PSC_OK)
-		return rc;
-	b_text(st, 1, kek_id, strlen(kek_id));
-	kms_epoch *row = malloc(sizeof(*row));
-	if (!row) {
-		st_done(st);
-		return psc_err_set(err, PSC_E_NOMEM, "out of memory");
-	}
-	struct epoch_fn f = {fn, arg};
-	rc = each_row(s, st, rd_epoch, row, call_epoch, &f, "reading table 'epochs'", err);
-	free(row);
-	return rc;
+	return epochs_with_kek(s, ST_EPOCHS_NOT_KEK, "kms_store_epochs_not_kek", kek_id, fn, arg,
+			       err);
 }
 
 psc_rc kms_store_count_not_kek(kms_store *s, const char *kek_id, uint64_t *n, psc_err *err)
