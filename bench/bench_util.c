@@ -73,13 +73,10 @@ static double proc_cpu_schedstat(int pid)
 	return any ? sum : NAN;
 }
 
-double bench_proc_cpu(int pid)
+/* user + system CPU seconds from a /proc stat file (clock-tick resolution). */
+static double stat_cpu(const char *path)
 {
-	double s = proc_cpu_schedstat(pid);
-	if (!isnan(s))
-		return s;
-	char path[64], line[1024];
-	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	char line[1024];
 	FILE *f = fopen(path, "r");
 	size_t n = f ? fread(line, 1, sizeof(line) - 1, f) : 0;
 	if (f)
@@ -92,6 +89,31 @@ double bench_proc_cpu(int pid)
 	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
 		return NAN;
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+double bench_proc_cpu(int pid)
+{
+	double s = proc_cpu_schedstat(pid);
+	if (!isnan(s))
+		return s;
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	return stat_cpu(path);
+}
+
+double bench_thread_cpu(int pid, int tid)
+{
+	char path[96];
+	unsigned long long ns = 0;
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/schedstat", pid, tid);
+	FILE *f = fopen(path, "r");
+	int ok = f && fscanf(f, "%llu", &ns) == 1;
+	if (f)
+		fclose(f);
+	if (ok)
+		return (double)ns / 1e9;
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", pid, tid);
+	return stat_cpu(path);
 }
 
 double bench_loadavg(void)

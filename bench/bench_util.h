@@ -18,6 +18,8 @@ double bench_self_cpu(void);
  * that already exited are not counted), else /proc/<pid>/stat (clock ticks);
  * NAN if neither can be read. */
 double bench_proc_cpu(int pid);
+/* CPU seconds of one thread of another process (schedstat, else stat). */
+double bench_thread_cpu(int pid, int tid);
 /* The 1-minute load average (/proc/loadavg), NAN if absent. */
 double bench_loadavg(void);
 

@@ -43,6 +43,7 @@
 #include <sqlite3.h>
 #include <zmq.h>
 
+#include "bench_pki.h"
 #include "bench_util.h"
 #include "hsm_ctx.h"
 #include "hsm_epoch.h"
@@ -98,35 +99,6 @@ static double pct(double *v, size_t n, double p)
 	qsort(v, n, sizeof(*v), cmp_double);
 	size_t i = (size_t)ceil(p * (double)n) - 1;
 	return v[i < n ? i : n - 1];
-}
-
-/* CPU seconds (user + system) of a process, or of one thread of it (tid != 0). */
-static double proc_cpu(pid_t pid, pid_t tid)
-{
-	char path[96], line[1024];
-	if (tid)
-		snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", (int)pid, (int)tid);
-	else
-		snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	FILE *f = fopen(path, "r");
-	size_t n = f ? fread(line, 1, sizeof(line) - 1, f) : 0;
-	if (f)
-		fclose(f);
-	line[n] = '\0';
-	const char *p = strrchr(line, ')');
-	unsigned long ut = 0, st = 0;
-	if (!p ||
-	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-		return NAN;
-	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static double self_cpu(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 /* ---- installation ------------------------------------------------------- */
@@ -227,61 +199,19 @@ static void install(void)
 		die("cannot read the temp CA's key and certificate");
 }
 
-/*
- * One peer identity issued by the temp CA, as mkca.sh's v3_peer does it, but
- * in-process: 1,000+ `openssl ca` runs would take minutes (index.txt grows).
- */
-static void add_ext(X509 *x, int nid, const char *value)
-{
-	X509V3_CTX c;
-	X509V3_set_ctx(&c, fx.ca_cert, x, NULL, NULL, 0);
-	X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &c, nid, value);
-	if (!e || X509_add_ext(x, e, -1) != 1)
-		die("certificate extension");
-	X509_EXTENSION_free(e);
-}
-
+/* One peer identity issued by the temp CA in-process (bench_pki.h): 1,000+
+ * `openssl ca` runs would take minutes. Node-IDs "benc" + serial. */
 static EVP_PKEY *issue(const char *name, unsigned serial)
 {
-	EVP_PKEY *k = EVP_EC_gen("P-256");
-	X509 *x = X509_new();
-	X509_NAME *n = X509_NAME_new();
-	if (!k || !x || !n)
-		die("out of memory issuing a certificate");
-	char nid[33], san[160];
-	snprintf(nid, sizeof(nid), "62656e63%024x", serial); /* "benc" + serial */
-	snprintf(san, sizeof(san), "URI:reload://%s@%s/,email:%s@%s", nid, OVERLAY, name, OVERLAY);
-	X509_set_version(x, X509_VERSION_3);
-	ASN1_INTEGER_set_uint64(X509_get_serialNumber(x), 0x100000u + serial);
-	X509_NAME_add_entry_by_txt(n, "O", MBSTRING_ASC, (const unsigned char *)"PSC Test", -1, -1,
-				   0);
-	X509_NAME_add_entry_by_txt(n, "OU", MBSTRING_ASC, (const unsigned char *)"peers", -1, -1,
-				   0);
-	X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)name, -1, -1, 0);
-	X509_set_subject_name(x, n);
-	X509_NAME_free(n);
-	X509_set_issuer_name(x, X509_get_subject_name(fx.ca_cert));
-	X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-	X509_gmtime_adj(X509_getm_notAfter(x), 30L * 86400);
-	X509_set_pubkey(x, k);
-	add_ext(x, NID_basic_constraints, "critical,CA:FALSE");
-	add_ext(x, NID_key_usage, "critical,digitalSignature,keyAgreement,keyEncipherment");
-	add_ext(x, NID_ext_key_usage, "clientAuth,serverAuth");
-	add_ext(x, NID_subject_alt_name, san);
-	add_ext(x, NID_subject_key_identifier, "hash");
-	add_ext(x, NID_authority_key_identifier, "keyid:always");
-	if (!X509_sign(x, fx.ca_key, EVP_sha256()))
-		die("signing a peer certificate");
-	char file[128];
-	snprintf(file, sizeof(file), "%s.key.pem", name);
-	FILE *f = fopen(pt_ca_path(file), "w");
-	if (!f || !PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL) || fclose(f) != 0)
-		die("writing a peer key");
-	snprintf(file, sizeof(file), "%s.crt.pem", name);
-	f = fopen(pt_ca_path(file), "w");
-	if (!f || !PEM_write_X509(f, x) || fclose(f) != 0)
-		die("writing a peer certificate");
-	X509_free(x);
+	char key[128], crt[128], key_path[4300], crt_path[4300];
+	snprintf(key, sizeof(key), "%s.key.pem", name);
+	snprintf(crt, sizeof(crt), "%s.crt.pem", name);
+	snprintf(key_path, sizeof(key_path), "%s", pt_ca_path(key));
+	snprintf(crt_path, sizeof(crt_path), "%s", pt_ca_path(crt));
+	EVP_PKEY *k = NULL;
+	if (bench_issue_peer(fx.ca_cert, fx.ca_key, OVERLAY, name, 0x62656e63u, serial, key_path,
+			     crt_path, NULL, &k) != 0)
+		die("issuing a peer certificate");
 	return k;
 }
 
@@ -488,8 +418,9 @@ static void run_level(rawpeer **bench, uint8_t (*psc)[16], int c, double secs, l
 	if (!lat || !leave)
 		die("out of memory");
 	memset(r, 0, sizeof(*r));
-	double cpu_loop0 = proc_cpu(fx.kmsd.pid, fx.kmsd.pid), cpu_kms0 = proc_cpu(fx.kmsd.pid, 0);
-	double cpu_self0 = self_cpu();
+	double cpu_loop0 = bench_thread_cpu(fx.kmsd.pid, fx.kmsd.pid);
+	double cpu_kms0 = bench_proc_cpu(fx.kmsd.pid);
+	double cpu_self0 = bench_self_cpu();
 	double t0 = bench_now(), t_end = t0 + secs;
 	for (int i = 0; i < c; i++) {
 		it[i] = (zmq_pollitem_t){bench[i]->sock, 0, ZMQ_POLLIN, 0};
@@ -543,10 +474,10 @@ static void run_level(rawpeer **bench, uint8_t (*psc)[16], int c, double secs, l
 		}
 	}
 	double wall = bench_now() - t0;
-	double loop_cpu = proc_cpu(fx.kmsd.pid, fx.kmsd.pid) - cpu_loop0;
+	double loop_cpu = bench_thread_cpu(fx.kmsd.pid, fx.kmsd.pid) - cpu_loop0;
 	r->loop_busy = loop_cpu / wall;
-	r->kms_busy = (proc_cpu(fx.kmsd.pid, 0) - cpu_kms0) / wall;
-	r->self_busy = (self_cpu() - cpu_self0) / wall;
+	r->kms_busy = (bench_proc_cpu(fx.kmsd.pid) - cpu_kms0) / wall;
+	r->self_busy = (bench_self_cpu() - cpu_self0) / wall;
 	r->loop_ms_per_cycle = r->joins ? 1e3 * loop_cpu / (double)r->joins : NAN;
 	/* Every peer stops after a whole join + leave, so the KMS is busy from t0 to the
 	 * last answer: joins over that time. (Counting only up to t_end would quantise:
@@ -903,7 +834,7 @@ static void big_cycle(rawpeer *joiner, const uint8_t psc[16], drain *d, size_t o
 		      rawpeer *prober, const uint8_t probe_psc[16], big_result *r)
 {
 	uint64_t mark = atomic_load(&d->msgs), bytes0 = atomic_load(&d->bytes);
-	double cpu0 = proc_cpu(fx.kmsd.pid, fx.kmsd.pid);
+	double cpu0 = bench_thread_cpu(fx.kmsd.pid, fx.kmsd.pid);
 	double t = bench_now();
 	uint64_t tx = rp_psc_req(joiner, PSC_MSG_JOIN_REQ, psc);
 	check_answer(joiner, tx, "Join (1,000 members)");
@@ -913,7 +844,7 @@ static void big_cycle(rawpeer *joiner, const uint8_t psc[16], drain *d, size_t o
 	pthread_t th;
 	if (pthread_create(&th, NULL, probe_run, &pr) != 0)
 		die("probe thread");
-	r->join_cpu_ms = 1e3 * (proc_cpu(fx.kmsd.pid, fx.kmsd.pid) - cpu0);
+	r->join_cpu_ms = 1e3 * (bench_thread_cpu(fx.kmsd.pid, fx.kmsd.pid) - cpu0);
 	r->join_all_ms = 1e3 * wait_refreshes(d, mark, others, t, &r->join_got);
 	r->join_bytes = atomic_load(&d->bytes) - bytes0;
 	pthread_join(th, NULL);

@@ -7,7 +7,7 @@
 if(TARGET psc_testsupport AND TARGET psc-kmsd AND TARGET psc-kmsctl AND TARGET pscpeer_static
    AND TARGET psc-relay)
   find_package(Threads REQUIRED)
-  add_executable(psc_vs_tls ${CMAKE_CURRENT_LIST_DIR}/bench_util.c
+  add_executable(psc_vs_tls ${CMAKE_CURRENT_LIST_DIR}/bench_util.c ${CMAKE_CURRENT_LIST_DIR}/bench_pki.c
     ${CMAKE_CURRENT_LIST_DIR}/psc_vs_tls.c ${CMAKE_CURRENT_LIST_DIR}/psc_vs_tls_mesh.c
     ${CMAKE_CURRENT_LIST_DIR}/psc_vs_tls_pki.c)
   target_link_libraries(psc_vs_tls PRIVATE psc_testsupport pscpeer_static psc_proto
