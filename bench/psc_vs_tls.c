@@ -240,24 +240,8 @@ static void install(void)
 	free(out);
 	snprintf(fx.log, sizeof(fx.log), "%s/kmsd.log", fx.dir);
 
-	char env_conf[4300], bin[4200];
-	snprintf(env_conf, sizeof(env_conf), "SOFTHSM2_CONF=%s", fx.softhsm);
-	char *env[] = {env_conf, NULL};
-	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsd", PSC_BINARY_DIR);
-	char *kargv[] = {bin, "-c", fx.config, NULL};
-	if (pt_proc_start(&fx.kmsd, kargv, env, fx.log) != 0)
-		die("cannot start psc-kmsd");
-	for (int i = 0; i < 500; i++) {
-		size_t n = 0;
-		char *txt = (char *)pt_read_file(fx.log, &n);
-		bool ready = txt && memmem(txt, n, "listening on", 12);
-		free(txt);
-		if (ready)
-			return;
-		if (pt_proc_wait(&fx.kmsd, 20) != -1)
-			die("psc-kmsd exited at startup (see its log)");
-	}
-	die("psc-kmsd did not start listening");
+	if (pt_kmsd_start(&fx.kmsd, fx.config, fx.softhsm, fx.log) != 0)
+		die("psc-kmsd did not start listening (see its log)");
 }
 
 /* A fresh psc-relay (plain TCP, like the direct channel) for one relay run;

@@ -65,31 +65,7 @@ int kmsfx_install(kmsfx *fx, const char *tag, const char *ca, const char *const 
 
 int kmsfx_start(kmsfx *fx)
 {
-	char env_conf[4300], bin[4200];
-	snprintf(env_conf, sizeof(env_conf), "SOFTHSM2_CONF=%s", fx->softhsm);
-	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsd", PSC_BINARY_DIR);
-	char *env[] = {env_conf, NULL};
-	char *argv[] = {bin, "-c", fx->config, NULL};
-	size_t before = 0; /* the log is appended to across restarts */
-	free(pt_read_file(fx->log, &before));
-	if (pt_proc_start(&fx->kmsd, argv, env, fx->log) != 0)
-		return -1;
-	for (int i = 0; i < 1000; i++) {
-		size_t n = 0;
-		char *txt = (char *)pt_read_file(fx->log, &n);
-		int ready = txt && n > before &&
-			    memmem(txt + before, n - before, "listening on", 12) != NULL;
-		free(txt);
-		if (ready)
-			return 0;
-		if (pt_proc_wait(&fx->kmsd, 20) != -1) {
-			txt = (char *)pt_read_file(fx->log, &n);
-			fprintf(stderr, "psc-kmsd exited:\n%.*s\n", (int)n, txt ? txt : "");
-			free(txt);
-			return -1;
-		}
-	}
-	return -1;
+	return pt_kmsd_start(&fx->kmsd, fx->config, fx->softhsm, fx->log);
 }
 
 int kmsfx_stop(kmsfx *fx)

@@ -356,3 +356,32 @@ void pt_hex(const uint8_t *p, size_t n, char *out)
 	}
 	out[2 * n] = '\0';
 }
+
+int pt_kmsd_start(pt_proc *p, const char *config, const char *softhsm_conf, const char *log)
+{
+	char env_conf[4300], bin[4200];
+	snprintf(env_conf, sizeof(env_conf), "SOFTHSM2_CONF=%s", softhsm_conf);
+	snprintf(bin, sizeof(bin), "%s/kms/psc-kmsd", PSC_BINARY_DIR);
+	char *env[] = {env_conf, NULL};
+	char *argv[] = {bin, "-c", (char *)config, NULL};
+	size_t before = 0; /* the log is appended to across restarts */
+	free(pt_read_file(log, &before));
+	if (pt_proc_start(p, argv, env, log) != 0)
+		return -1;
+	for (int i = 0; i < 1000; i++) {
+		size_t n = 0;
+		char *txt = (char *)pt_read_file(log, &n);
+		int ready = txt && n > before &&
+			    memmem(txt + before, n - before, "listening on", 12) != NULL;
+		free(txt);
+		if (ready)
+			return 0;
+		if (pt_proc_wait(p, 20) != -1) {
+			txt = (char *)pt_read_file(log, &n);
+			fprintf(stderr, "psc-kmsd exited:\n%.*s\n", (int)n, txt ? txt : "");
+			free(txt);
+			return -1;
+		}
+	}
+	return -1;
+}

@@ -67,6 +67,10 @@ typedef struct pt_proc {
 int pt_proc_start(pt_proc *p, char *const argv[], char *const env[], const char *log);
 /* Waits up to timeout_ms; returns exit status (0..255), 128+signal, or -1 on timeout. */
 int pt_proc_wait(pt_proc *p, int timeout_ms);
+/* Starts the build's psc-kmsd -c config with SOFTHSM2_CONF=softhsm_conf (output
+ * appended to log) and waits up to 20 s for this run's "listening on" line.
+ * 0 when it listens; -1 otherwise (the log is printed if it exited). */
+int pt_kmsd_start(pt_proc *p, const char *config, const char *softhsm_conf, const char *log);
 /* SIGTERM, wait up to timeout_ms, then SIGKILL. Returns as pt_proc_wait. */
 int pt_proc_stop(pt_proc *p, int timeout_ms);
 void pt_proc_kill(pt_proc *p, int sig);
