@@ -835,9 +835,10 @@ static void dispatch(kms_admin *a, char *line)
 
 /* ---- the socket ----------------------------------------------------------- */
 
-static int count_due(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN])
+static int count_due(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t due_ms)
 {
 	(void)psc_id;
+	(void)due_ms;
 	(*(size_t *)arg)++;
 	return 0;
 }

@@ -1919,10 +1919,6 @@ uint64_t kmsd_next_deadline(kmsd *k)
 
 /* ---- operator hooks (kms_admin.c) ---------------------------------------- */
 
-static int collect_restored(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN])
-{
-	return collect_due(arg, psc_id, 0);
-}
 
 size_t kmsd_rekey_restored(kmsd *k)
 {
@@ -1930,7 +1926,7 @@ size_t kmsd_rekey_restored(kmsd *k)
 	uint8_t ids[1 + TIMER_REKEYS_PER_TURN][PSC_PSC_ID_LEN + 1];
 	ids[0][0] = 0;
 	if (aud_log_failed(k->audit) ||
-	    kms_store_restore_due(k->store, collect_restored, ids, &e) != PSC_OK)
+	    kms_store_restore_due(k->store, collect_due, ids, &e) != PSC_OK)
 		return 0;
 	for (size_t i = 0; i < ids[0][0]; i++) {
 		psc_view v;

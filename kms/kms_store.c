@@ -1693,18 +1693,13 @@ psc_rc kms_store_count_not_kek(kms_store *s, const char *kek_id, uint64_t *n, ps
 	return PSC_OK;
 }
 
-psc_rc kms_store_restore_due(kms_store *s, int (*fn)(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN]),
-			     void *arg, psc_err *err)
+/* Every row's PSC id (column 0) and, with_due, its due time (column 1). */
+static psc_rc psc_id_rows(kms_store *s, sqlite3_stmt *st, bool with_due, kms_psc_due_fn fn,
+			  void *arg, psc_err *err)
 {
-	if (!s || !fn)
-		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_restore_due: NULL argument");
-	sqlite3_stmt *st;
-	psc_rc rc = st_get(s, ST_RESTORE_DUE, &st, err);
-	if (rc != PSC_OK)
-		return rc;
 	for (;;) {
 		bool row;
-		rc = st_step(s, st, &row, "reading table 'pscs'", err);
+		psc_rc rc = st_step(s, st, &row, "reading table 'pscs'", err);
 		if (rc != PSC_OK)
 			return rc;
 		if (!row)
@@ -1714,11 +1709,22 @@ psc_rc kms_store_restore_due(kms_store *s, int (*fn)(void *arg, const uint8_t ps
 			st_done(st);
 			return corrupt_row(s, err, "pscs");
 		}
-		if (fn(arg, id) != 0)
+		if (fn(arg, id, with_due ? c_u64(st, 1) : 0) != 0)
 			break;
 	}
 	st_done(st);
 	return PSC_OK;
+}
+
+psc_rc kms_store_restore_due(kms_store *s, kms_psc_due_fn fn, void *arg, psc_err *err)
+{
+	if (!s || !fn)
+		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_restore_due: NULL argument");
+	sqlite3_stmt *st;
+	psc_rc rc = st_get(s, ST_RESTORE_DUE, &st, err);
+	if (rc != PSC_OK)
+		return rc;
+	return psc_id_rows(s, st, false, fn, arg, err);
 }
 
 psc_rc kms_store_highest_epoch(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t *out,
@@ -1739,10 +1745,8 @@ psc_rc kms_store_highest_epoch(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN
 	return count_one(s, ST_HWM_GET, psc_id, out, err);
 }
 
-psc_rc kms_store_refresh_due(kms_store *s, uint64_t now_ms,
-			     int (*fn)(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN],
-				       uint64_t due_ms),
-			     void *arg, psc_err *err)
+psc_rc kms_store_refresh_due(kms_store *s, uint64_t now_ms, kms_psc_due_fn fn, void *arg,
+			     psc_err *err)
 {
 	if (!s || !fn)
 		return psc_err_set(err, PSC_E_INVALID_ARG, "kms_store_refresh_due: NULL argument");
@@ -1751,23 +1755,7 @@ psc_rc kms_store_refresh_due(kms_store *s, uint64_t now_ms,
 	if (rc != PSC_OK)
 		return rc;
 	b_u64(st, 1, now_ms);
-	for (;;) {
-		bool row;
-		rc = st_step(s, st, &row, "reading table 'pscs'", err);
-		if (rc != PSC_OK)
-			return rc;
-		if (!row)
-			break;
-		uint8_t id[16];
-		if (!c_blob(st, 0, id, 16, NULL, true)) {
-			st_done(st);
-			return corrupt_row(s, err, "pscs");
-		}
-		if (fn(arg, id, c_u64(st, 1)) != 0)
-			break;
-	}
-	st_done(st);
-	return PSC_OK;
+	return psc_id_rows(s, st, true, fn, arg, err);
 }
 
 psc_rc kms_store_next_refresh(kms_store *s, uint64_t *due_ms, bool *found, psc_err *err)

@@ -214,14 +214,16 @@ psc_rc kms_store_epochs_not_kek(kms_store *s, const char *kek_id,
 /* How many blobs are not wrapped under kek_id (KEK rotation progress). */
 psc_rc kms_store_count_not_kek(kms_store *s, const char *kek_id, uint64_t *n,
 			       psc_err *err) PSC_WUR;
+/* Called per PSC id (with its refresh due time where there is one, else 0);
+ * non-zero stops the walk. */
+typedef int (*kms_psc_due_fn)(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t due_ms);
+
 /*
  * Live PSCs whose highest epoch (raised by EPOCH_FLOOR at a restore) is above
  * their current epoch: the daemon rekeys them above the floor (reason
  * "restore") so no epoch number is ever issued twice. Ordered by psc id.
  */
-psc_rc kms_store_restore_due(kms_store *s,
-			     int (*fn)(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN]), void *arg,
-			     psc_err *err) PSC_WUR;
+psc_rc kms_store_restore_due(kms_store *s, kms_psc_due_fn fn, void *arg, psc_err *err) PSC_WUR;
 /* Highest epoch ever issued (or floored) for a PSC id; 0 if never. */
 psc_rc kms_store_highest_epoch(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN], uint64_t *out,
 			       psc_err *err) PSC_WUR;
@@ -230,10 +232,8 @@ psc_rc kms_store_highest_epoch(kms_store *s, const uint8_t psc_id[PSC_PSC_ID_LEN
  * Live PSCs whose timer rekey is due at now_ms: refresh_s > 0, an epoch exists
  * and last_rekey_ms + refresh_s * 1000 <= now_ms. Ordered by due time, then id.
  */
-psc_rc kms_store_refresh_due(kms_store *s, uint64_t now_ms,
-			     int (*fn)(void *arg, const uint8_t psc_id[PSC_PSC_ID_LEN],
-				       uint64_t due_ms),
-			     void *arg, psc_err *err) PSC_WUR;
+psc_rc kms_store_refresh_due(kms_store *s, uint64_t now_ms, kms_psc_due_fn fn, void *arg,
+			     psc_err *err) PSC_WUR;
 /* Earliest due time of any timer rekey (to arm the event loop's timer);
  * *found = false if no PSC has one. */
 psc_rc kms_store_next_refresh(kms_store *s, uint64_t *due_ms, bool *found, psc_err *err) PSC_WUR;
