@@ -383,7 +383,14 @@ psc_rc psc_peer_send(psc_peer_chan *c, const uint8_t psc_id[PSC_PEER_ID_LEN], co
 	}
 	memcpy(zmq_msg_data(&out), zmq_msg_data(&zm), flen);
 	zmq_msg_close(&zm);
-	/* A PUB never blocks: at the high-water mark a subscriber loses the frame. */
+	/* A PUB never blocks: at the high-water mark a subscriber loses the frame.
+	 * libzmq learns that a subscriber drained its queue only when the socket
+	 * processes its pending commands; asking for ZMQ_EVENTS makes it do so
+	 * now, so a burst does not hit a high-water mark that is already gone
+	 * (seal_bench lost frames without this). */
+	int events = 0;
+	size_t ev_len = sizeof(events);
+	(void)zmq_getsockopt(c->pub, ZMQ_EVENTS, &events, &ev_len);
 	if (zmq_msg_send(&out, c->pub, ZMQ_DONTWAIT) < 0) {
 		int e = zmq_errno();
 		zmq_msg_close(&out);
