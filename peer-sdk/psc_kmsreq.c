@@ -60,6 +60,56 @@ static void decision(psc_peer *p, const proto_message *m, uint16_t code, int acc
 	psc_sdk_send_answer(p, m, code, &a);
 }
 
+/* The application's verdict: answered now, or kept open for psc_peer_decide.
+ * A full table (or a verdict that is none of the three) denies at once. */
+static void verdict(psc_peer *p, const proto_message *m, uint16_t code, int v,
+		    uint32_t timeout_ms)
+{
+	if (v == PSC_PEER_DECIDE_LATER && m->transaction_id) { /* 0 names nothing */
+		uint64_t now = psc_sdk_wall_ms();
+		struct psc_open_decision *slot = NULL;
+		for (size_t i = 0; i < PSC_PEER_OPEN_DECISIONS; i++) {
+			struct psc_open_decision *d = &p->open_decisions[i];
+			if (d->id && d->deadline_ms < now)
+				memset(d, 0, sizeof(*d)); /* the KMS gave up on it */
+			if (!d->id && !slot)
+				slot = d;
+		}
+		if (slot) {
+			*slot = (struct psc_open_decision){.id = m->transaction_id, .code = code,
+							   .deadline_ms = now + timeout_ms};
+			return;
+		}
+		report(p, PSC_E_TOO_LARGE, "%d questions already open: %s denied at once",
+		       PSC_PEER_OPEN_DECISIONS, proto_msg_name(m->code));
+		v = 0;
+	}
+	decision(p, m, code, v == 1);
+}
+
+psc_rc psc_peer_decide(psc_peer *p, uint64_t decision_id, int accept, psc_err *err)
+{
+	if (!p || !decision_id)
+		return psc_err_set(err, PSC_E_INVALID_ARG, "psc_peer_decide: missing argument");
+	uint64_t now = psc_sdk_wall_ms();
+	for (size_t i = 0; i < PSC_PEER_OPEN_DECISIONS; i++) {
+		struct psc_open_decision *d = &p->open_decisions[i];
+		if (d->id != decision_id)
+			continue;
+		struct psc_open_decision open = *d;
+		memset(d, 0, sizeof(*d));
+		if (open.deadline_ms < now)
+			break;
+		proto_message req = {.transaction_id = open.id};
+		decision(p, &req, open.code, accept == 1);
+		return PSC_OK;
+	}
+	return psc_err_set(err, PSC_E_PEER_NOT_FOUND,
+			   "question %016llx is not open: answered already, or the KMS's timeout "
+			   "passed and it decided 'no' by itself",
+			   (unsigned long long)decision_id);
+}
+
 static void on_query(psc_peer *p, const proto_message *m, const psc_query_req *q)
 {
 	/* Only the owner decides, and only about a PSC it holds; anything else is
@@ -70,12 +120,13 @@ static void on_query(psc_peer *p, const proto_message *m, const psc_query_req *q
 		char subject[PSC_MAX_SUBJECT + 1];
 		psc_sdk_copy_text(subject, sizeof(subject), q->requester_subject.p,
 				  q->requester_subject.len);
-		psc_peer_query pq = {.requester_subject = subject, .timeout_ms = q->timeout_ms};
+		psc_peer_query pq = {.requester_subject = subject, .timeout_ms = q->timeout_ms,
+				     .decision_id = m->transaction_id};
 		memcpy(pq.psc_id, q->psc_id, PSC_PSC_ID_LEN);
 		memcpy(pq.requester, q->requester, PSC_NODE_ID_LEN);
-		accept = p->cb.on_query(p->user, &pq) == 1;
+		accept = p->cb.on_query(p->user, &pq);
 	}
-	decision(p, m, PSC_MSG_QUERY_ANS, accept);
+	verdict(p, m, PSC_MSG_QUERY_ANS, accept, q->timeout_ms);
 }
 
 static void on_invite(psc_peer *p, const proto_message *m, const psc_invite_req *r)
@@ -84,12 +135,13 @@ static void on_invite(psc_peer *p, const proto_message *m, const psc_invite_req 
 	if (p->cb.on_invite) {
 		char name[PSC_MAX_NAME + 1];
 		psc_sdk_copy_text(name, sizeof(name), r->psc_name.p, r->psc_name.len);
-		psc_peer_invitation inv = {.psc_name = name, .timeout_ms = r->timeout_ms};
+		psc_peer_invitation inv = {.psc_name = name, .timeout_ms = r->timeout_ms,
+					   .decision_id = m->transaction_id};
 		memcpy(inv.psc_id, r->psc_id, PSC_PSC_ID_LEN);
 		memcpy(inv.inviter, r->inviter, PSC_NODE_ID_LEN);
-		accept = p->cb.on_invite(p->user, &inv) == 1;
+		accept = p->cb.on_invite(p->user, &inv);
 	}
-	decision(p, m, PSC_MSG_INVITE_ANS, accept);
+	verdict(p, m, PSC_MSG_INVITE_ANS, accept, r->timeout_ms);
 }
 
 static void on_liveness(psc_peer *p, const proto_message *m, const psc_liveness *l)

@@ -35,6 +35,12 @@ struct psc_peer {
 	int auto_reconnect;
 	psc_peer_callbacks cb;
 	void *user;
+	/* questions the application answers later (psc_peer_decide) */
+	struct psc_open_decision {
+		uint64_t id;	      /* the KMS request's transaction id */
+		uint16_t code;	      /* the answer's message code */
+		uint64_t deadline_ms; /* wall clock: the KMS stops waiting */
+	} open_decisions[PSC_PEER_OPEN_DECISIONS];
 	int curve;
 	char kms_curve_pub[PSC_PEER_CURVE_Z85_LEN + 1];
 

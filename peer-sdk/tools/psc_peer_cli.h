@@ -60,6 +60,12 @@ typedef struct opts {
 	psc_peer_chan *chan; /* the shell's long-lived group channel, or NULL */
 	int shell;	     /* 1: decisions are asked at the prompt */
 	unsigned n_asked;    /* questions numbered in the shell */
+	struct shell_ask {   /* the shell's open questions (psc_peer_decide later) */
+		unsigned num;	     /* as printed: "query N" */
+		int kind;	     /* ask_kind */
+		uint64_t decision;   /* psc_peer_query/invitation.decision_id */
+		int64_t until_ms;    /* monotonic: answer before the KMS gives up */
+	} asks[PSC_PEER_OPEN_DECISIONS];
 	int quit;	     /* the shell saw `quit` or the end of its input */
 	struct shell_in *in; /* the shell's line reader */
 } opts;
@@ -94,9 +100,11 @@ psc_peer_chan_config psc_cli_chan_config(opts *o, psc_peer_msg_config *mc);
 /* psc_peer_shell.c: runs the shell on an initialised peer until `quit`, the
  * end of stdin or a signal; returns an exit code. */
 int psc_cli_shell(psc_peer *p, opts *o);
-/* Asks the user (in the shell) to decide a query or invitation: returns 1
- * for allow/accept, 0 for deny/decline or when timeout_ms passes. */
-int psc_cli_ask(opts *o, ask_kind kind, uint32_t timeout_ms);
+/* Puts a query or invitation to the user (in the shell) as question number
+ * o->n_asked, answered later at the prompt (`allow N` / `deny N`, `accept N` /
+ * `decline N`) while the session keeps serving the KMS; returns
+ * PSC_PEER_DECIDE_LATER (0 = deny at once when too many are open). */
+int psc_cli_ask(opts *o, ask_kind kind, uint64_t decision_id, uint32_t timeout_ms);
 
 /* psc_peer_certs.c: loads every path (a PEM file with one or more
  * certificates, or a directory of them); with ca_file, each must chain to it.

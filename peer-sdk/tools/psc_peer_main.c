@@ -110,7 +110,7 @@ static int cb_query(void *user, const psc_peer_query *q)
 		printf("query %u: %s (%s) asks to join PSC %s '%s'\n", ++o->n_asked,
 		       psc_cli_hex(q->requester, h1), q->requester_subject,
 		       psc_cli_hex(q->psc_id, h2), psc_name(o, q->psc_id, &in));
-		return psc_cli_ask(o, ASK_QUERY, q->timeout_ms);
+		return psc_cli_ask(o, ASK_QUERY, q->decision_id, q->timeout_ms);
 	}
 	printf("query  %s (%s) asks to join PSC %s: %s\n", psc_cli_hex(q->requester, h1),
 	       q->requester_subject, psc_cli_hex(q->psc_id, h2),
@@ -125,7 +125,7 @@ static int cb_invite(void *user, const psc_peer_invitation *inv)
 	if (o->shell) {
 		printf("invitation %u: %s invites us to PSC %s '%s'\n", ++o->n_asked,
 		       psc_cli_hex(inv->inviter, h1), psc_cli_hex(inv->psc_id, h2), inv->psc_name);
-		return psc_cli_ask(o, ASK_INVITE, inv->timeout_ms);
+		return psc_cli_ask(o, ASK_INVITE, inv->decision_id, inv->timeout_ms);
 	}
 	printf("invite %s invites us to PSC %s '%s': %s\n", psc_cli_hex(inv->inviter, h1),
 	       psc_cli_hex(inv->psc_id, h2), inv->psc_name,

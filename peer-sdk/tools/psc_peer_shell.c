@@ -6,11 +6,11 @@
  * PSCs gone (destroyed, removed), group messages with their sender's Node-ID,
  * and questions from the KMS (a join the owner must decide, an invitation).
  * A question is answered at the prompt (`allow N` / `deny N`,
- * `accept N` / `decline N`). The SDK asks the application for a decision
- * synchronously, inside its callback, so while a question is pending the
- * session reads only the answer (and harmless local commands): nothing else
- * can be sent to the KMS before it is answered, and the KMS's own timeout
- * bounds the wait (no answer = deny/decline).
+ * `accept N` / `decline N`): its callback returns PSC_PEER_DECIDE_LATER and
+ * the answer goes out with psc_peer_decide(), so while questions are open the
+ * session goes on serving the KMS (refreshes, liveness checks) and running
+ * commands. A question not answered a second before the KMS's own timeout is
+ * denied/declined by the shell.
  *
  * stdin is read with read(2) into our own line buffer, never through stdio,
  * so poll(2) on fd 0 tells the truth.
@@ -160,6 +160,22 @@ static void shell_help(void)
 	       "  quit\n      End the session (also: end of input, Ctrl-C).\n");
 }
 
+static const char *ask_what(ask_kind kind)
+{
+	return kind == ASK_QUERY ? "query" : "invitation";
+}
+
+/* The verb (past: the verdict) for yes or no to a question of this kind. */
+static const char *ask_word(ask_kind kind, int yes, int past)
+{
+	static const char *const w[2][2][2] = {{{"decline", "declined"}, {"accept", "accepted"}},
+					       {{"deny", "denied"}, {"allow", "allowed"}}};
+	return w[kind == ASK_QUERY][yes != 0][past != 0];
+}
+
+static void answer(psc_peer *p, opts *o, const char *verb, const char *arg, int n_words);
+static void settle_due(psc_peer *p, opts *o, const char *why);
+
 static void shell_status(psc_peer *p, const opts *o)
 {
 	uint8_t me[PSC_PEER_ID_LEN];
@@ -168,6 +184,10 @@ static void shell_status(psc_peer *p, const opts *o)
 	printf("peer %s, data endpoint %s, %zu PSC(s) held, %zu member certificate(s)\n",
 	       psc_cli_hex(me, h), o->endpoint ? o->endpoint : "none (group messages off)",
 	       psc_peer_psc_count(p), psc_cli_certs_count(o->certs));
+	size_t open = 0;
+	for (size_t i = 0; i < PSC_PEER_OPEN_DECISIONS; i++)
+		open += o->asks[i].decision != 0;
+	printf("questions open: %zu\n", open);
 	if (o->chan) {
 		psc_peer_chan_stats st;
 		psc_peer_chan_stats_get(o->chan, &st);
@@ -265,7 +285,7 @@ static void run_line(psc_peer *p, opts *o, char *line)
 	}
 	if (strcmp(name, "allow") == 0 || strcmp(name, "deny") == 0 ||
 	    strcmp(name, "accept") == 0 || strcmp(name, "decline") == 0) {
-		fprintf(stderr, "psc-peer: no query or invitation is pending\n");
+		answer(p, o, name, n > 1 ? w[1] : NULL, n);
 		return;
 	}
 	const command *c = find(name);
@@ -293,66 +313,104 @@ static void run_line(psc_peer *p, opts *o, char *line)
 	(void)c->run(p, o, w + 1, argc);
 }
 
-int psc_cli_ask(opts *o, ask_kind kind, uint32_t timeout_ms)
+int psc_cli_ask(opts *o, ask_kind kind, uint64_t decision_id, uint32_t timeout_ms)
 {
 	unsigned num = o->n_asked;
-	const char *what = kind == ASK_QUERY ? "query" : "invitation";
-	const char *yes = kind == ASK_QUERY ? "allow" : "accept";
-	const char *no = kind == ASK_QUERY ? "deny" : "decline";
-	const char *done_yes = kind == ASK_QUERY ? "allowed" : "accepted";
-	const char *done_no = kind == ASK_QUERY ? "denied" : "declined";
+	const char *what = ask_what(kind);
+	struct shell_ask *slot = NULL;
+	for (size_t i = 0; i < PSC_PEER_OPEN_DECISIONS && !slot; i++)
+		if (!o->asks[i].decision)
+			slot = &o->asks[i];
+	if (!slot || !decision_id) {
+		printf("%s %u: %s (too many questions open)\n", what, num, ask_word(kind, 0, 1));
+		fflush(stdout);
+		return 0;
+	}
 	uint32_t budget =
 	    timeout_ms > 2 * ASK_MARGIN_MS ? timeout_ms - ASK_MARGIN_MS : timeout_ms / 2;
-	printf("%s %u: answer '%s %u' or '%s %u' (within %" PRIu32 " s, else %s)\n", what, num, yes,
-	       num, no, num, budget / 1000, done_no);
+	*slot = (struct shell_ask){.num = num, .kind = (int)kind, .decision = decision_id,
+				   .until_ms = mono_ms() + budget};
+	printf("%s %u: answer '%s %u' or '%s %u' (within %" PRIu32 " s, else %s)\n", what, num,
+	       ask_word(kind, 1, 0), num, ask_word(kind, 0, 0), num, budget / 1000,
+	       ask_word(kind, 0, 1));
 	fflush(stdout);
-	int64_t until = mono_ms() + budget;
-	char line[SHELL_LINE_MAX];
-	for (;;) {
-		while (in_take(o->in, line, sizeof(line))) {
-			char *w[3];
-			int n = split(line, w, 3, -1);
-			if (n == 0 || (n > 0 && w[0][0] == '#'))
-				continue;
-			int is_yes = n > 0 && strcmp(w[0], yes) == 0;
-			int is_no = n > 0 && strcmp(w[0], no) == 0;
-			if (is_yes || is_no) {
-				char *end = NULL;
-				unsigned long k = n > 1 ? strtoul(w[1], &end, 10) : num;
-				if (n > 2 || (n > 1 && (!end || *end || k != num))) {
-					printf("%s %s is not pending; %s %u is: '%s %u' or '%s "
-					       "%u'\n",
-					       what, n > 1 ? w[1] : "?", what, num, yes, num, no,
-					       num);
-					continue;
-				}
-				printf("%s %u: %s\n", what, num, is_yes ? done_yes : done_no);
-				fflush(stdout);
-				return is_yes;
-			}
-			/* n < 0: more than three words, not an answer either */
-			if (n > 0 && (strcmp(w[0], "quit") == 0 || strcmp(w[0], "exit") == 0)) {
-				o->quit = 1;
-				printf("%s %u: %s (quitting)\n", what, num, done_no);
-				return 0;
-			}
-			if (n > 0 && strcmp(w[0], "list") == 0) {
-				psc_cli_print_pscs(o->peer);
-				continue;
-			}
-			printf("the KMS is waiting for the answer to %s %u: '%s %u' or '%s %u' "
-			       "first\n",
-			       what, num, yes, num, no, num);
-			fflush(stdout);
+	return PSC_PEER_DECIDE_LATER;
+}
+
+/* Sends the answer to an open question and forgets it; `why` is printed
+ * after the verdict when the shell, not the user, decided. */
+static void settle(psc_peer *p, struct shell_ask *a, int yes, const char *why)
+{
+	psc_err err = {0};
+	ask_kind kind = (ask_kind)a->kind;
+	if (psc_peer_decide(p, a->decision, yes, &err) != PSC_OK)
+		printf("%s %u: not answered: %s\n", ask_what(kind), a->num, psc_err_text(&err));
+	else if (why)
+		printf("%s %u: %s (%s)\n", ask_what(kind), a->num, ask_word(kind, yes, 1), why);
+	else
+		printf("%s %u: %s\n", ask_what(kind), a->num, ask_word(kind, yes, 1));
+	fflush(stdout);
+	memset(a, 0, sizeof(*a));
+}
+
+/* allow / deny / accept / decline [N]: without N, the only open question of
+ * that kind. */
+static void answer(psc_peer *p, opts *o, const char *verb, const char *arg, int n_words)
+{
+	ask_kind kind = (strcmp(verb, "allow") == 0 || strcmp(verb, "deny") == 0) ? ASK_QUERY
+										 : ASK_INVITE;
+	int yes = strcmp(verb, "allow") == 0 || strcmp(verb, "accept") == 0;
+	struct shell_ask *found = NULL;
+	size_t open = 0, of_kind = 0;
+	unsigned long want = 0;
+	if (arg) {
+		char *end = NULL;
+		want = strtoul(arg, &end, 10);
+		if (!end || *end || n_words > 2) {
+			fprintf(stderr, "psc-peer: usage: %s N (N: the %s's number)\n", verb,
+				ask_what(kind));
+			return;
 		}
-		int64_t left = until - mono_ms();
-		if (o->in->eof || left <= 0 || psc_cli_stop) {
-			printf("%s %u: %s (%s)\n", what, num, done_no,
-			       o->in->eof ? "end of input" : "no answer in time");
-			fflush(stdout);
-			return 0;
-		}
-		in_fill(o->in, left > SHELL_TICK_MS ? SHELL_TICK_MS : (int)left);
+	}
+	for (size_t i = 0; i < PSC_PEER_OPEN_DECISIONS; i++) {
+		struct shell_ask *a = &o->asks[i];
+		if (!a->decision)
+			continue;
+		open++;
+		if (a->kind != (int)kind)
+			continue;
+		of_kind++;
+		if (!arg || a->num == want)
+			found = found ? found : a;
+	}
+	if (!open) {
+		fprintf(stderr, "psc-peer: no query or invitation is pending\n");
+		return;
+	}
+	if (!arg && of_kind > 1) {
+		printf("%zu %ss are open: say which ('%s N')\n", of_kind, ask_what(kind), verb);
+		fflush(stdout);
+		return;
+	}
+	if (!found) {
+		if (arg)
+			printf("%s %s is not pending\n", ask_what(kind), arg);
+		else
+			printf("no %s is pending\n", ask_what(kind));
+		fflush(stdout);
+		return;
+	}
+	settle(p, found, yes, NULL);
+}
+
+/* Questions the user left too long, or all of them at the end (why != NULL). */
+static void settle_due(psc_peer *p, opts *o, const char *why)
+{
+	int64_t now = mono_ms();
+	for (size_t i = 0; i < PSC_PEER_OPEN_DECISIONS; i++) {
+		struct shell_ask *a = &o->asks[i];
+		if (a->decision && (why || now >= a->until_ms))
+			settle(p, a, 0, why ? why : "no answer in time");
 	}
 }
 
@@ -390,6 +448,7 @@ int psc_cli_shell(psc_peer *p, opts *o)
 	char line[SHELL_LINE_MAX];
 	int prompt = tty; /* a prompt only for people; scripts read clean output */
 	while (!o->quit && !psc_cli_stop) {
+		settle_due(p, o, NULL);
 		if (in_take(&in, line, sizeof(line))) {
 			run_line(p, o, line);
 			prompt = tty;
@@ -407,6 +466,7 @@ int psc_cli_shell(psc_peer *p, opts *o)
 			break;
 		}
 	}
+	settle_due(p, o, in.eof ? "end of input" : "quitting");
 	if (o->chan) {
 		psc_peer_chan_stats st;
 		psc_peer_chan_stats_get(o->chan, &st);

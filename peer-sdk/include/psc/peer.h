@@ -77,6 +77,7 @@ typedef struct psc_peer_query {
 	uint8_t requester[PSC_PEER_ID_LEN];
 	const char *requester_subject; /* RFC 2253 subject, NUL-terminated, borrowed */
 	uint32_t timeout_ms;	       /* the KMS denies after this long */
+	uint64_t decision_id;	       /* for psc_peer_decide() after PSC_PEER_DECIDE_LATER */
 } psc_peer_query;
 
 /* An Invite from the KMS: `inviter` (the owner) invites this peer. */
@@ -85,7 +86,15 @@ typedef struct psc_peer_invitation {
 	const char *psc_name; /* NUL-terminated, borrowed */
 	uint8_t inviter[PSC_PEER_ID_LEN];
 	uint32_t timeout_ms;
+	uint64_t decision_id; /* for psc_peer_decide() after PSC_PEER_DECIDE_LATER */
 } psc_peer_invitation;
+
+/* From on_query / on_invite: no answer yet; the application answers later with
+ * psc_peer_decide() (e.g. after asking a person) while psc_peer_process() keeps
+ * serving the KMS. At most PSC_PEER_OPEN_DECISIONS are open at once (more are
+ * denied at once); the KMS's timeout_ms still bounds the wait. */
+#define PSC_PEER_DECIDE_LATER 2
+#define PSC_PEER_OPEN_DECISIONS 32
 
 /*
  * Application callbacks; every one is optional. `user` is psc_peer_config.user.
@@ -99,9 +108,11 @@ typedef struct psc_peer_callbacks {
 	 * are already wiped. last_epoch is the last epoch the KMS says we held. */
 	void (*on_gone)(void *user, const uint8_t psc_id[PSC_PEER_ID_LEN], uint64_t last_epoch,
 			psc_peer_reason reason);
-	/* Owner decision on a join; return 1 to accept, 0 to deny. Unset = deny. */
+	/* Owner decision on a join; return 1 to accept, 0 to deny, or
+	 * PSC_PEER_DECIDE_LATER to answer with psc_peer_decide(). Unset = deny. */
 	int (*on_query)(void *user, const psc_peer_query *q);
-	/* Invitee decision; return 1 to accept, 0 to decline. Unset = decline. */
+	/* Invitee decision; return 1 to accept, 0 to decline, or
+	 * PSC_PEER_DECIDE_LATER. Unset = decline. */
 	int (*on_invite)(void *user, const psc_peer_invitation *inv);
 	/* Something the KMS sent could not be applied (e.g. an epoch secret that
 	 * does not unwrap: not acknowledged), or a KMS message was rejected (bad
@@ -314,6 +325,14 @@ int psc_peer_fd(const psc_peer *p);
  * message. Returns the number of messages handled (>= 0) or a negative psc_rc.
  */
 int psc_peer_process(psc_peer *p, int timeout_ms);
+
+/*
+ * Answers a query or invitation whose callback returned PSC_PEER_DECIDE_LATER
+ * (decision_id from it): accept 1 = accept / allow, 0 = decline / deny.
+ * PSC_E_PEER_NOT_FOUND if it is not open (answered already, or the KMS's
+ * timeout passed: the KMS then denied it by itself).
+ */
+psc_rc psc_peer_decide(psc_peer *p, uint64_t decision_id, int accept, psc_err *err) PSC_WUR;
 
 /* Milliseconds until psc_peer_process() must run again for a timer (grace
  * expiry; with auto_reconnect also at least every second, to notice a

@@ -32,6 +32,7 @@ typedef struct seen {
 	psc_rc last_error;
 	char last_error_text[PSC_ERR_DETAIL_MAX];
 	int query_answer, invite_answer;
+	uint64_t last_decision; /* decision_id of the last query or invitation */
 	char invite_name[256];
 	psc_peer *self; /* for the callback that tries to re-enter */
 	psc_rc reentry_rc;
@@ -71,6 +72,7 @@ static int cb_query(void *u, const psc_peer_query *q)
 	(void)q;
 	seen *s = u;
 	s->queries++;
+	s->last_decision = q->decision_id;
 	if (s->self) {
 		uint64_t e;
 		s->reentry_rc = psc_peer_join(s->self, q->psc_id, &e, NULL);
@@ -82,6 +84,7 @@ static int cb_invite(void *u, const psc_peer_invitation *inv)
 {
 	seen *s = u;
 	s->invites++;
+	s->last_decision = inv->decision_id;
 	snprintf(s->invite_name, sizeof(s->invite_name), "%s", inv->psc_name);
 	return s->invite_answer;
 }
@@ -818,6 +821,56 @@ static void test_invite_decisions(void **state)
 	assert_int_equal(expect_decision(x, PSC_MSG_INVITE_ANS), 0);
 }
 
+static void send_liveness(t *x, uint64_t challenge, uint64_t ts, uint8_t **keep, size_t *keep_len);
+
+/* The application answers later (PSC_PEER_DECIDE_LATER + psc_peer_decide),
+ * and the peer keeps serving the KMS meanwhile. */
+static void test_decisions_answered_later(void **state)
+{
+	t *x = *state;
+	script sc;
+	init_with(x, &sc, 3);
+	x->s.query_answer = PSC_PEER_DECIDE_LATER;
+	send_query(x, x->psc);
+	pump(x);
+	uint64_t query = x->s.last_decision;
+	assert_true(query != 0);
+	/* While the question is open a liveness check is still answered. */
+	send_liveness(x, 7, 0, NULL, NULL);
+	pump(x);
+	fk_msg a;
+	assert_int_equal(fk_recv(&x->k, 2000, &a), 0);
+	assert_int_equal(a.m.code, PSC_MSG_LIVENESS_ANS); /* and no QueryAns before it */
+	fk_msg_free(&a);
+	assert_int_equal(psc_peer_decide(x->p, query, 1, NULL), PSC_OK);
+	assert_int_equal(expect_decision(x, PSC_MSG_QUERY_ANS), 1);
+	psc_err e;
+	assert_int_equal(psc_peer_decide(x->p, query, 0, &e), PSC_E_PEER_NOT_FOUND);
+	assert_non_null(strstr(psc_err_text(&e), "is not open"));
+
+	/* An invitation declined later. */
+	psc_body b = {.code = PSC_MSG_INVITE_REQ};
+	memcpy(b.u.invite_req.psc_id, x->psc, 16);
+	b.u.invite_req.psc_name = (proto_bytes){(const uint8_t *)"ops-room", 8};
+	memcpy(b.u.invite_req.inviter, x->other, 16);
+	b.u.invite_req.timeout_ms = 3000;
+	x->s.invite_answer = PSC_PEER_DECIDE_LATER;
+	assert_int_equal(fk_send_req(&x->k, &b, 0, NULL), 0);
+	pump(x);
+	assert_true(x->s.last_decision != 0 && x->s.last_decision != query);
+	assert_int_equal(psc_peer_decide(x->p, x->s.last_decision, 0, NULL), PSC_OK);
+	assert_int_equal(expect_decision(x, PSC_MSG_INVITE_ANS), 0);
+
+	/* A question whose KMS timeout passed is no longer open. */
+	b.u.invite_req.timeout_ms = 1;
+	assert_int_equal(fk_send_req(&x->k, &b, 0, NULL), 0);
+	pump(x);
+	struct timespec ts = {0, 20 * 1000 * 1000};
+	nanosleep(&ts, NULL);
+	assert_int_equal(psc_peer_decide(x->p, x->s.last_decision, 1, &e), PSC_E_PEER_NOT_FOUND);
+	assert_int_equal(fk_recv(&x->k, 200, &a), -1); /* nothing sent for it */
+}
+
 static void send_liveness(t *x, uint64_t challenge, uint64_t ts, uint8_t **keep, size_t *keep_len)
 {
 	psc_body b = {.code = PSC_MSG_LIVENESS_REQ};
@@ -1407,6 +1460,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_query_decisions, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_callbacks_cannot_nest_requests, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_invite_decisions, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_decisions_answered_later, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_liveness_and_replay, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stale_request_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_unwrap_failure_not_acked, setup, teardown),
