@@ -53,6 +53,8 @@ typedef struct opts {
 	const char *member_cert_paths[MAX_CERT_PATHS]; /* --member-cert */
 	size_t n_member_cert_paths;
 	const char *member_ca; /* --member-ca */
+	psc_peer_pkcs11 key_pkcs11; /* --key-pkcs11 (fields point into key_pkcs11_spec) */
+	char key_pkcs11_spec[4096];
 
 	/* run time */
 	psc_peer *peer;	     /* the session's peer (for accessors in callbacks) */

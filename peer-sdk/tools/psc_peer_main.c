@@ -578,6 +578,8 @@ static void usage(FILE *f)
 	    "                        them. Without it the connection is plain TCP (tests only).\n"
 	    "    --cert PEM          this peer's certificate (binds its Node-ID to --overlay)\n"
 	    "    --key PEM           this peer's private key (EC P-256 or RSA, unencrypted)\n"
+	    "    --key-pkcs11 module=PATH,token=LABEL,key=LABEL,pin-file=PATH\n"
+	    "                        the key on a PKCS#11 token instead (docs/sdk.md 4.1)\n"
 	    "    --overlay NAME      overlay name\n"
 	    "    --endpoint URL      data endpoint advertised to other members\n"
 	    "    --timeout MS        per-request timeout (default %d)\n"
@@ -657,6 +659,7 @@ enum {
 	O_DECISION_TIMEOUT,
 	O_MEMBER_CERT,
 	O_MEMBER_CA,
+	O_KEY_PKCS11,
 };
 
 static const struct option long_opts[] = {
@@ -665,6 +668,7 @@ static const struct option long_opts[] = {
     {"kms-curve", required_argument, NULL, O_KMS_CURVE},
     {"cert", required_argument, NULL, O_CERT},
     {"key", required_argument, NULL, O_KEY},
+    {"key-pkcs11", required_argument, NULL, O_KEY_PKCS11},
     {"overlay", required_argument, NULL, O_OVERLAY},
     {"endpoint", required_argument, NULL, O_ENDPOINT},
     {"timeout", required_argument, NULL, O_TIMEOUT},
@@ -685,6 +689,46 @@ static const struct option long_opts[] = {
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
+
+/* --key-pkcs11 module=PATH,token=LABEL,key=LABEL,pin-file=PATH */
+static int parse_pkcs11(const char *arg, opts *o)
+{
+	if (strlen(arg) >= sizeof(o->key_pkcs11_spec)) {
+		fprintf(stderr, "psc-peer: --key-pkcs11 is longer than %zu bytes\n",
+			sizeof(o->key_pkcs11_spec) - 1);
+		return -1;
+	}
+	snprintf(o->key_pkcs11_spec, sizeof(o->key_pkcs11_spec), "%s", arg);
+	psc_peer_pkcs11 *k = &o->key_pkcs11;
+	memset(k, 0, sizeof(*k));
+	char *save = NULL;
+	for (char *f = strtok_r(o->key_pkcs11_spec, ",", &save); f; f = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(f, '=');
+		const char **slot = NULL;
+		if (eq) {
+			*eq = '\0';
+			slot = strcmp(f, "module") == 0	  ? &k->module
+			       : strcmp(f, "token") == 0  ? &k->token
+			       : strcmp(f, "key") == 0	  ? &k->key_label
+			       : strcmp(f, "pin-file") == 0 ? &k->pin_file
+							  : NULL;
+		}
+		if (!slot || !eq[1]) {
+			fprintf(stderr, "psc-peer: --key-pkcs11: '%s' is not one of module=PATH, "
+					"token=LABEL, key=LABEL, pin-file=PATH\n",
+				f);
+			return -1;
+		}
+		*slot = eq + 1;
+	}
+	const char *missing = !k->module ? "module" : !k->token ? "token" : !k->key_label ? "key"
+			      : !k->pin_file ? "pin-file" : NULL;
+	if (missing) {
+		fprintf(stderr, "psc-peer: --key-pkcs11 needs %s=...\n", missing);
+		return -1;
+	}
+	return 0;
+}
 
 /* Parses options; returns -1 on a usage error, 1 for --help, 0 otherwise. */
 static int parse_opts(int argc, char **argv, opts *o)
@@ -707,6 +751,10 @@ static int parse_opts(int argc, char **argv, opts *o)
 			break;
 		case O_KEY:
 			o->key = optarg;
+			break;
+		case O_KEY_PKCS11:
+			if (parse_pkcs11(optarg, o))
+				return -1;
 			break;
 		case O_OVERLAY:
 			o->overlay = optarg;
@@ -871,11 +919,15 @@ int main(int argc, char **argv)
 	const char *missing = !o.kms	    ? "--kms"
 			      : !o.kms_cert ? "--kms-cert"
 			      : !o.cert	    ? "--cert"
-			      : !o.key	    ? "--key"
+			      : !o.key && !o.key_pkcs11.module ? "--key (or --key-pkcs11)"
 			      : !o.overlay  ? "--overlay"
 					    : NULL;
 	if (missing) {
 		fprintf(stderr, "psc-peer: %s is required. Try 'psc-peer --help'.\n", missing);
+		return EX_USAGE;
+	}
+	if (o.key && o.key_pkcs11.module) {
+		fprintf(stderr, "psc-peer: --key and --key-pkcs11 exclude each other\n");
 		return EX_USAGE;
 	}
 	for (int i = 0; i < nargs; i++) {
@@ -903,6 +955,7 @@ int main(int argc, char **argv)
 	psc_peer_config cfg = {
 	    .cert_file = o.cert,
 	    .key_file = o.key,
+	    .key_pkcs11 = o.key_pkcs11.module ? &o.key_pkcs11 : NULL,
 	    .kms_endpoint = o.kms,
 	    .kms_cert_file = o.kms_cert,
 	    .kms_curve_key = o.kms_curve,

@@ -204,6 +204,26 @@ static void keys_on_a_token_sign_unwrap_and_sign_messages(void **state)
 		    psc_peer_psc_get(b, psc, &ib) == PSC_OK && ib.epoch == epoch)
 			break;
 	}
+	/* The CLI with the same token key: psc-peer --key-pkcs11. */
+	char spec[9000], cert[4096], out_id[33];
+	snprintf(spec, sizeof(spec), "module=%s,token=%s,key=peer1,pin-file=%s", TOK->module,
+		 TOK->label, PIN_FILE);
+	snprintf(cert, sizeof(cert), "%s.crt.pem", pt_ca_path("peer1"));
+	char *argv[] = {PSC_PEER_CLI, "lookup", "token-room", "--kms", FX.endpoint,
+			"--kms-cert", FX.cert, "--kms-curve", FX.curve, "--cert", cert,
+			"--key-pkcs11", spec, "--overlay", "psc.test", NULL};
+	char *out = NULL;
+	int rc = pt_run(argv, &out, 60000);
+	if (rc != 0)
+		fail_msg("psc-peer --key-pkcs11 lookup: exit %d\n%s", rc, out ? out : "");
+	psc_peer_id_hex(psc, out_id);
+	assert_non_null(strstr(out, out_id));
+	free(out);
+	argv[12] = "module=/x,token=t,pin-file=/y"; /* no key= */
+	assert_int_equal(pt_run(argv, &out, 60000), 2);
+	assert_non_null(strstr(out, "--key-pkcs11 needs key="));
+	free(out);
+
 	message_passes(a, b, psc); /* the token signs; a file key verifies */
 	message_passes(b, a, psc); /* a unwrapped with ECDH in the token */
 	message_passes(c, b, psc); /* RSA key in the token: OAEP + signature */
