@@ -25,6 +25,7 @@
 #include "kmsfx.h"
 #include "psc/peer.h"
 #include "psc_chan.h"
+#include "psc_seal.h"
 
 #define MAX_RX 32
 
@@ -234,12 +235,13 @@ static size_t tap_recv(void *s, uint8_t *buf, size_t cap)
 	return (size_t)n;
 }
 
-static uint64_t frame_epoch(const uint8_t *f)
+/* The epoch a captured frame is sealed under, read by the SDK's own parser
+ * (which also proves the frame well-formed, docs/protocol.md §13.2). */
+static uint64_t frame_epoch(const uint8_t *f, size_t len)
 {
-	uint64_t e = 0;
-	for (int i = 0; i < 8; i++)
-		e = e << 8 | f[20 + i];
-	return e;
+	psc_seal_frame sf;
+	assert_int_equal(psc_seal_parse(f, len, &sf, NULL), PSC_OK);
+	return sf.h.epoch;
 }
 
 static int group_setup(void **state)
@@ -333,7 +335,7 @@ static void test_left_member_locked_out(void **state)
 	static uint8_t frame[4096];
 	size_t flen = tap_recv(s, frame, sizeof(frame));
 	zmq_close(s);
-	assert_true(frame_epoch(frame) > c_epoch);
+	assert_true(frame_epoch(frame, flen) > c_epoch);
 	expect_rx(all, 3, (agent *[]){B}, 1, "after peer3 left", A);
 	pump(all, 3, 300);
 	assert_int_equal(C->n_rx, c_before); /* unsubscribed: nothing arrives */
@@ -366,7 +368,7 @@ static void test_new_member_no_backlog(void **state)
 	static uint8_t frame[4096];
 	size_t flen = tap_recv(s, frame, sizeof(frame));
 	zmq_close(s);
-	uint64_t before = frame_epoch(frame);
+	uint64_t before = frame_epoch(frame, flen);
 
 	agent_serve(A);
 	agent_serve(B);

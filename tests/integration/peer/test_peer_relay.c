@@ -31,6 +31,7 @@
 #include "kmsfx.h"
 #include "psc/peer.h"
 #include "psc_chan.h"
+#include "psc_seal.h"
 
 #define MAX_RX 64
 #define WAIT_MS 20000 /* a bound against hanging, not a speed requirement */
@@ -295,12 +296,13 @@ static size_t capture(agent *const *all, size_t n_all, agent *from, void *s, con
 	return 0;
 }
 
-static uint64_t frame_epoch(const uint8_t *f)
+/* The epoch a captured frame is sealed under, read by the SDK's own parser
+ * (which also proves the frame well-formed, docs/protocol.md §13.2). */
+static uint64_t frame_epoch(const uint8_t *f, size_t len)
 {
-	uint64_t e = 0;
-	for (int i = 0; i < 8; i++)
-		e = e << 8 | f[20 + i];
-	return e;
+	psc_seal_frame sf;
+	assert_int_equal(psc_seal_parse(f, len, &sf, NULL), PSC_OK);
+	return sf.h.epoch;
 }
 
 /* ---- tests ------------------------------------------------------------------ */
@@ -404,7 +406,7 @@ static void test_outsiders_cannot_open(void **state)
 	static uint8_t frame[4096];
 	size_t flen = capture(all, 3, A, s, "after peer3 left", frame, sizeof(frame));
 	zmq_close(s);
-	assert_true(frame_epoch(frame) > c_epoch);
+	assert_true(frame_epoch(frame, flen) > c_epoch);
 	deliver(all, 3, A, (agent *[]){B}, 1, "after peer3 left");
 	pump(all, 3, 200);
 	assert_int_equal(C->n_rx, c_before); /* its channel unsubscribed at the rekey */
