@@ -822,6 +822,7 @@ static void test_invite_decisions(void **state)
 }
 
 static void send_liveness(t *x, uint64_t challenge, uint64_t ts, uint8_t **keep, size_t *keep_len);
+static void liveness_answered(t *x, uint64_t challenge, uint64_t ts);
 
 /* The application answers later (PSC_PEER_DECIDE_LATER + psc_peer_decide),
  * and the peer keeps serving the KMS meanwhile. */
@@ -835,13 +836,10 @@ static void test_decisions_answered_later(void **state)
 	pump(x);
 	uint64_t query = x->s.last_decision;
 	assert_true(query != 0);
-	/* While the question is open a liveness check is still answered. */
-	send_liveness(x, 7, 0, NULL, NULL);
-	pump(x);
+	/* While the question is open a liveness check is still answered (and no
+	 * QueryAns comes before its answer). */
+	liveness_answered(x, 7, 0);
 	fk_msg a;
-	assert_int_equal(fk_recv(&x->k, 2000, &a), 0);
-	assert_int_equal(a.m.code, PSC_MSG_LIVENESS_ANS); /* and no QueryAns before it */
-	fk_msg_free(&a);
 	assert_int_equal(psc_peer_decide(x->p, query, 1, NULL), PSC_OK);
 	assert_int_equal(expect_decision(x, PSC_MSG_QUERY_ANS), 1);
 	psc_err e;
@@ -886,6 +884,18 @@ static void send_liveness(t *x, uint64_t challenge, uint64_t ts, uint8_t **keep,
 	} else {
 		free(msg);
 	}
+}
+
+/* The peer still serves the KMS: a liveness check (timestamp ts, 0 = now) is
+ * answered. */
+static void liveness_answered(t *x, uint64_t challenge, uint64_t ts)
+{
+	send_liveness(x, challenge, ts, NULL, NULL);
+	pump(x);
+	fk_msg a;
+	assert_int_equal(fk_recv(&x->k, 2000, &a), 0);
+	assert_int_equal(a.m.code, PSC_MSG_LIVENESS_ANS);
+	fk_msg_free(&a);
 }
 
 static void test_liveness_and_replay(void **state)
@@ -935,11 +945,7 @@ static void test_stale_request_refused(void **state)
 	assert_int_equal(a.m.code, PSC_MSG_ERROR);
 	fk_msg_free(&a);
 	/* Inside the window: answered. */
-	send_liveness(x, 44, fk_now_ms() - 200 * 1000, NULL, NULL);
-	pump(x);
-	assert_int_equal(fk_recv(&x->k, 2000, &a), 0);
-	assert_int_equal(a.m.code, PSC_MSG_LIVENESS_ANS);
-	fk_msg_free(&a);
+	liveness_answered(x, 44, fk_now_ms() - 200 * 1000);
 }
 
 static void test_unwrap_failure_not_acked(void **state)
@@ -1374,11 +1380,7 @@ static void test_misaddressed_and_malformed_requests(void **state)
 	expect_silence(x);
 	assert_true(x->s.errors >= 4);
 	/* Still serving afterwards. */
-	send_liveness(x, 6, 0, NULL, NULL);
-	pump(x);
-	assert_int_equal(fk_recv(&x->k, 2000, &a), 0);
-	assert_int_equal(a.m.code, PSC_MSG_LIVENESS_ANS);
-	fk_msg_free(&a);
+	liveness_answered(x, 6, 0);
 }
 
 /* Damaged copies of one signed Refresh: none may change what the peer holds
@@ -1433,11 +1435,7 @@ static void test_mutated_messages_change_nothing(void **state)
 	expect_secret(x, 0, s4);
 	expect_secret(x, 3, x->secret);
 	assert_int_equal(psc_peer_psc_count(x->p), 1);
-	send_liveness(x, 7, 0, NULL, NULL);
-	pump(x);
-	assert_int_equal(fk_recv(&x->k, 2000, &a), 0);
-	assert_int_equal(a.m.code, PSC_MSG_LIVENESS_ANS);
-	fk_msg_free(&a);
+	liveness_answered(x, 7, 0);
 }
 
 static int setup_curve(void **state)
